@@ -1,0 +1,1 @@
+"""Benchmark definitions and their official judging rules."""

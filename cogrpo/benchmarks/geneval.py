@@ -135,9 +135,10 @@ def validate_metadata(
                 if relation not in RELATIONS:
                     raise _fail(source, line_number, f"{where}: unknown relation {relation!r}; allowed: {', '.join(RELATIONS)}")
                 if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < index:
+                    allowed = f"0..{index - 1}" if index > 0 else "none, because clause 0 has no earlier clause"
                     raise _fail(
                         source, line_number,
-                        f"{where}: position target {target!r} must be the index of an earlier include clause (0..{index - 1})",
+                        f"{where}: position target {target!r} must be the index of an earlier include clause ({allowed})",
                     )
     return entry
 
@@ -154,7 +155,12 @@ def load_metadata(path: str | os.PathLike[str], allowed_classes: Iterable[str] |
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as error:
-                raise _fail(str(path), line_number, f"malformed JSON ({error.msg} at column {error.colno})") from None
+                text = line.strip()
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                raise _fail(
+                    str(path), line_number,
+                    f"malformed JSON ({error.msg} at column {error.colno}) in {shown!r}; expected one JSON object per line",
+                ) from None
             entries.append(validate_metadata(entry, source=str(path), line_number=line_number, allowed_classes=classes))
     if not entries:
         raise MetadataError(f"{path}: no prompts found; expected one JSON object per line")
@@ -205,9 +211,9 @@ def keep_detections(detections: Iterable[Detection], tag: str) -> dict[str, list
         by_class.setdefault(detection.label, []).append(detection)
     kept = {}
     for label, items in by_class.items():
-        # A stable sort on the negated score keeps the detector's order for ties.
-        ordered = sorted(items, key=lambda d: -d.score)
-        ordered = [d for d in ordered if d.score > threshold][:MAX_OBJECTS_PER_CLASS]
+        # The official code orders by np.argsort(scores)[::-1]; doing the same keeps its order for tied scores.
+        order = np.argsort(np.asarray([d.score for d in items], dtype=np.float64))[::-1]
+        ordered = [items[i] for i in order if items[i].score > threshold][:MAX_OBJECTS_PER_CLASS]
         if ordered:
             kept[label] = ordered
     return kept

@@ -1,0 +1,1 @@
+"""Masked image model backends behind one protocol."""

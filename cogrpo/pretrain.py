@@ -1,0 +1,219 @@
+"""Pretraining of the embedded shapes model: the VQ tokenizer, then the masked transformer.
+
+Both stages draw fresh scenes from the shapes world every step (the generator is
+seeded, so a run is reproducible), never drawing a held-out colour-shape pair.
+
+* ``train_vq``: a ``VQModel`` with a pixel loss that weights object pixels more
+  than the background, the quantiser's commitment loss, and restarts of unused
+  codebook entries from current encoder outputs.
+* ``train_mdm``: aMUSEd's masked-token objective: a masking ratio
+  ``cos(pi/2 * u)`` with ``u ~ U(0, 1)``, cross-entropy on masked tokens, and the
+  prompt replaced by the empty prompt with probability ``cond_dropout`` so that
+  classifier-free guidance works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cogrpo.models import shapes_components as comp
+from cogrpo.world.prompts import render_entry, sample_metadata
+from cogrpo.world.render import BACKGROUND
+
+logger = logging.getLogger(__name__)
+
+
+def scene_batch(rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Draw ``batch_size`` scenes; return images in [-1, 1] (B, 3, H, W) and their prompts."""
+    images, prompts = [], []
+    for _ in range(batch_size):
+        entry = sample_metadata(rng)
+        images.append(render_entry(entry, rng))
+        prompts.append(entry["prompt"])
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return pixels, prompts
+
+
+@dataclass
+class VQTrainConfig:
+    """Settings of the VQ tokenizer stage."""
+
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    foreground_weight: float = 4.0
+    restart_every: int = 100
+    seed: int = 0
+
+
+def train_vq(config: VQTrainConfig, out_dir: Path, log_every: int = 100):
+    """Train the VQ tokenizer and save it with ``save_pretrained`` under ``out_dir``."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    vq = comp.build_vq()
+    optimizer = torch.optim.Adam(vq.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / config.steps))
+    )
+    background = torch.tensor(BACKGROUND, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1.0
+    usage = torch.zeros(comp.CODEBOOK_SIZE)
+    history = []
+    start = time.time()
+    for step in range(config.steps):
+        pixels, _ = scene_batch(rng, config.batch_size)
+        latents = vq.encode(pixels).latents
+        quantized, commit_loss, (_, _, indices) = vq.quantize(latents)
+        recon = vq.decoder(vq.post_quant_conv(quantized))
+        foreground = ((pixels - background).abs().sum(1, keepdim=True) > 0.05).float()
+        weight = 1.0 + (config.foreground_weight - 1.0) * foreground
+        loss = (weight * (recon - pixels) ** 2).mean() + commit_loss.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        usage += torch.bincount(indices.flatten(), minlength=comp.CODEBOOK_SIZE).float()
+        if (step + 1) % config.restart_every == 0 and step + 1 < config.steps * 0.5:
+            dead = (usage == 0).nonzero().flatten()
+            if len(dead):
+                flat = latents.detach().permute(0, 2, 3, 1).reshape(-1, comp.LATENT_CHANNELS)
+                pick = torch.randint(len(flat), (len(dead),))
+                with torch.no_grad():
+                    vq.quantize.embedding.weight[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
+            usage.zero_()
+        history.append(float(loss))
+        if (step + 1) % log_every == 0:
+            logger.info("vq step %d loss %.4f (%.0f s)", step + 1, np.mean(history[-log_every:]), time.time() - start)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vq.save_pretrained(out_dir, safe_serialization=True)
+    stats = {
+        "config": asdict(config),
+        "final_loss": float(np.mean(history[-100:])),
+        "wall_time_s": time.time() - start,
+        "steps": config.steps,
+    }
+    (out_dir / "training.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return vq, stats
+
+
+@dataclass
+class MDMTrainConfig:
+    """Settings of the masked-transformer stage (aMUSEd's objective)."""
+
+    steps: int = 8000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 300
+    weight_decay: float = 0.01
+    cond_dropout: float = 0.1
+    grad_clip: float = 1.0
+    save_every: int = 500
+    seed: int = 0
+
+
+def random_mask(tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Return a bool mask (B, L) hiding ``ceil(cos(pi/2 * u) * L)`` random positions per row, u ~ U(0, 1)."""
+    batch, length = tokens.shape
+    u = torch.rand(batch, generator=generator)
+    n_masked = torch.ceil(torch.cos(u * math.pi / 2) * length).clamp(1, length).long()
+    order = torch.rand(batch, length, generator=generator).argsort(dim=1)
+    ranks = order.argsort(dim=1)
+    return ranks < n_masked[:, None]
+
+
+@torch.no_grad()
+def encode_tokens(vq, pixels: torch.Tensor) -> torch.Tensor:
+    """Return the VQ token ids (B, h, w) of images in [-1, 1]."""
+    latents = vq.encode(pixels).latents
+    _, _, (_, _, indices) = vq.quantize(latents)
+    return indices.view(pixels.shape[0], latents.shape[2], latents.shape[3])
+
+
+def save_embedded_model(out_dir: Path, transformer, text_encoder, tokenizer, stats: dict) -> None:
+    """Write the transformer, text encoder and tokenizer next to the VQ (safetensors), then swap them in."""
+    staging = out_dir.with_name(out_dir.name + ".saving")
+    if staging.exists():
+        import shutil
+
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    transformer.save_pretrained(staging / "transformer", safe_serialization=True)
+    text_encoder.save_pretrained(staging / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(staging / "tokenizer")
+    (staging / "training.json").write_text(json.dumps(stats, indent=2) + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("transformer", "text_encoder", "tokenizer", "training.json"):
+        target = out_dir / name
+        if target.is_dir():
+            import shutil
+
+            shutil.rmtree(target)
+        (staging / name).replace(target)
+    staging.rmdir()
+
+
+def train_mdm(config: MDMTrainConfig, model_dir: Path, log_every: int = 100):
+    """Pretrain the transformer and text encoder on VQ tokens of fresh scenes."""
+    from diffusers import VQModel
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed + 1)
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    vq = VQModel.from_pretrained(model_dir / "vqvae").eval()
+    tokenizer = comp.build_tokenizer()
+    text_encoder = comp.build_text_encoder()
+    transformer = comp.build_transformer()
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / config.warmup_steps)
+        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps)))),
+    )
+    micro_conds = torch.tensor([[comp.IMAGE_SIZE, comp.IMAGE_SIZE, 0, 0, 6]], dtype=torch.float32)
+    history: list[float] = []
+    start = time.time()
+    for step in range(config.steps):
+        pixels, prompts = scene_batch(rng, config.batch_size)
+        tokens = encode_tokens(vq, pixels).flatten(1)  # (B, L)
+        drop = torch.rand(len(prompts), generator=generator) < config.cond_dropout
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
+        text = tokenizer(prompts, padding="max_length", max_length=comp.TEXT_MAX_LENGTH, truncation=True, return_tensors="pt")
+        encoded = text_encoder(text.input_ids, output_hidden_states=True)
+        masked = random_mask(tokens, generator)
+        inputs = torch.where(masked, comp.MASK_TOKEN_ID, tokens).view(-1, comp.GRID, comp.GRID)
+        logits = transformer(
+            inputs,
+            encoder_hidden_states=encoded.hidden_states[-2],
+            pooled_text_emb=encoded.text_embeds,
+            micro_conds=micro_conds.expand(len(prompts), -1),
+        )  # (B, K, h, w)
+        logits = logits.flatten(2).transpose(1, 2)  # (B, L, K)
+        loss = F.cross_entropy(logits[masked], tokens[masked])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        history.append(loss.item())
+        if (step + 1) % log_every == 0:
+            logger.info("mdm step %d loss %.4f (%.0f s)", step + 1, np.mean(history[-log_every:]), time.time() - start)
+        if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
+            stats = {
+                "config": asdict(config),
+                "steps_done": step + 1,
+                "final_loss": float(np.mean(history[-log_every:])),
+                "loss_curve": [float(np.mean(history[i : i + log_every])) for i in range(0, len(history), log_every)],
+                "wall_time_s": time.time() - start,
+                "torch_threads": torch.get_num_threads(),
+            }
+            save_embedded_model(model_dir, transformer, text_encoder, tokenizer, stats)
+    return transformer, text_encoder, history

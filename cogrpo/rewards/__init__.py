@@ -1,0 +1,1 @@
+"""Rewards and scorers: one registry serves ``--reward`` in training and ``--bench`` in evaluation."""

@@ -1,0 +1,1 @@
+"""Group-relative policy optimisation of the model and the schedule (Co-GRPO)."""

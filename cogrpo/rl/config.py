@@ -1,0 +1,138 @@
+"""The training configuration: one dataclass, validated before the first rollout."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Mode = Literal["co", "model", "schedule"]
+MODES: tuple[str, ...] = ("co", "model", "schedule")
+
+# Fields that do not change what a run computes, so a resumed run may change them.
+NON_TRAINING_FIELDS = frozenset(
+    {"iterations", "out", "eval_every", "eval_limit", "checkpoint_every", "keep_checkpoints", "log_every", "device", "final_eval"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a Co-GRPO run. Defaults are the embedded preset (shapes model and reward)."""
+
+    model: str = "shapes"
+    model_path: str | None = None
+    reward: str = "shapes"
+    prompts: str = "shapes"
+    mode: Mode = "co"
+    iterations: int = 40
+    prompts_per_iteration: int = 8
+    group_size: int = 8
+    steps: int = 12
+    chunk_size: int = 16
+    train_step_fraction: float = 0.5
+    inner_epochs: int = 1
+    schedule_inner_epochs: int = 4
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lr_model: float = 3e-5
+    lr_schedule: float = 3e-2
+    weight_decay: float = 0.0
+    clip_range: float = 0.2
+    kl_weight: float = 0.0
+    max_grad_norm: float = 1.0
+    model_phase_iterations: int = 1
+    schedule_phase_iterations: int = 1
+    schedule_knobs: tuple[str, ...] = ("mask_ratio", "sample_temperature", "remask_temperature", "guidance")
+    schedule_init_std: float = 0.2
+    schedule_learn_std: bool = True
+    schedule_min_std: float = 0.02
+    seed: int = 0
+    eval_every: int = 0
+    eval_limit: int = 64
+    final_eval: bool = True
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    max_consecutive_skips: int = 5
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    out: str = "runs/shapes-co"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.schedule_knobs = tuple(self.schedule_knobs)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field, its value and the allowed range."""
+
+        def check(condition: bool, name: str, allowed: str) -> None:
+            if not condition:
+                raise ValueError(f"invalid {name}={getattr(self, name)!r}; expected {allowed}")
+
+        check(self.mode in MODES, "mode", f"one of {', '.join(MODES)}")
+        check(self.iterations >= 0, "iterations", "an integer >= 0")
+        check(self.prompts_per_iteration >= 1, "prompts_per_iteration", "an integer >= 1")
+        check(self.group_size >= 2, "group_size", "an integer >= 2 (group-relative advantages need two images per prompt)")
+        check(self.steps >= 1, "steps", "an integer >= 1")
+        check(self.chunk_size >= 1, "chunk_size", "an integer >= 1")
+        check(0.0 < self.train_step_fraction <= 1.0, "train_step_fraction", "a fraction in (0, 1]")
+        check(self.inner_epochs >= 1, "inner_epochs", "an integer >= 1")
+        check(self.schedule_inner_epochs >= 1, "schedule_inner_epochs", "an integer >= 1")
+        check(self.lora_rank >= 0, "lora_rank", "an integer >= 0 (0 means full fine-tuning)")
+        check(self.lr_model >= 0, "lr_model", "a learning rate >= 0")
+        check(self.lr_schedule >= 0, "lr_schedule", "a learning rate >= 0")
+        check(self.clip_range > 0, "clip_range", "a positive number")
+        check(self.kl_weight >= 0, "kl_weight", "a number >= 0")
+        check(self.max_grad_norm > 0, "max_grad_norm", "a positive number")
+        check(self.model_phase_iterations >= 1, "model_phase_iterations", "an integer >= 1")
+        check(self.schedule_phase_iterations >= 1, "schedule_phase_iterations", "an integer >= 1")
+        check(self.schedule_init_std > 0, "schedule_init_std", "a positive standard deviation")
+        check(0 < self.schedule_min_std <= self.schedule_init_std, "schedule_min_std", "a number in (0, schedule_init_std]")
+        check(self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0 disables periodic checkpoints)")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
+        check(self.max_consecutive_skips >= 1, "max_consecutive_skips", "an integer >= 1")
+        from cogrpo.sampling.schedule import KNOBS
+
+        unknown = set(self.schedule_knobs) - set(KNOBS)
+        if unknown or not self.schedule_knobs:
+            raise ValueError(f"invalid schedule_knobs={list(self.schedule_knobs)!r}; expected a non-empty subset of {', '.join(KNOBS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as plain JSON-compatible data."""
+        data = dataclasses.asdict(self)
+        data["schedule_knobs"] = list(self.schedule_knobs)
+        return data
+
+    def training_hash(self) -> str:
+        """Return the SHA-256 of the fields that change what the run computes."""
+        data = {k: v for k, v in self.to_dict().items() if k not in NON_TRAINING_FIELDS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Load a YAML preset; keys must be field names (typos fail with the allowed names)."""
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of option names to values")
+        data.pop("sources", None)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build a configuration from a mapping, rejecting unknown keys."""
+        import difflib
+
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{source}: unknown option {key!r}.{hint} Allowed: {', '.join(names)}")
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""The masked-token sampler, its schedules and the trajectory records."""

@@ -16,7 +16,7 @@ from cogrpo.world.render import COLORS, IMAGE_SIZE, PLURALS, SHAPES
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 
-CODEBOOK_SIZE = 256
+CODEBOOK_SIZE = 512
 LATENT_CHANNELS = 16
 VQ_DOWNSAMPLE = 4
 GRID = IMAGE_SIZE // VQ_DOWNSAMPLE  # 8 x 8 tokens per image

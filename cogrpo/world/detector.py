@@ -26,7 +26,7 @@ MIN_AREA = 10  # components smaller than this (in pixels) are noise
 FULL_CONFIDENCE_AREA = 20  # components at least this large are not penalised for size
 SPLIT_SHARE = 0.3  # a second colour covering this share of a component splits it
 SOFTMAX_TEMPERATURE = 0.02
-FIT_SCALE = 0.15
+FIT_SCALE = 0.6
 
 _PALETTE_RGB = np.asarray([PALETTE[c] for c in COLORS], dtype=np.float32)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -56,10 +56,32 @@ def mask_features(mask: np.ndarray) -> np.ndarray:
     )
 
 
+BLUR_SIGMAS = (0.6, 0.9, 1.2)  # pixels; the blur levels of the noisy prototypes
+
+
 @lru_cache(maxsize=1)
 def shape_prototypes() -> np.ndarray:
-    """Return the (classes, sizes, features) features of clean renders, sizes 6 to 16."""
-    return np.stack([np.stack([mask_features(_crop(shape_mask(s, n))) for n in range(6, 17)]) for s in SHAPES])
+    """Return the (classes, prototypes, features) features of reference masks.
+
+    Each class has the masks of clean renders at sizes 6 to 16, and the
+    foreground masks of the same renders after a Gaussian blur of 0.6 to 1.2
+    pixels, which stand in for a tokenizer's reconstruction noise (rounded
+    corners, thickened thin parts) without depending on any trained tokenizer.
+    """
+    per_class = []
+    for shape in SHAPES:
+        features = []
+        for size in range(6, 17):
+            mask = shape_mask(shape, size)
+            features.append(mask_features(_crop(mask)))
+            padded = np.pad(mask.astype(np.float32), 4)
+            for sigma in BLUR_SIGMAS:
+                blurred = ndimage.gaussian_filter(padded, sigma) > 0.5
+                if blurred.any():
+                    features.append(mask_features(_crop(blurred)))
+        per_class.append(np.stack(features))
+    count = min(len(f) for f in per_class)
+    return np.stack([f[:count] for f in per_class])
 
 
 def _crop(mask: np.ndarray) -> np.ndarray:

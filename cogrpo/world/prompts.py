@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cogrpo.benchmarks.geneval import RELATIONS, TAGS, load_metadata, relative_position
-from cogrpo.world.render import COLORS, IMAGE_SIZE, MAX_SIZE, MIN_SIZE, PLURALS, SHAPES, DrawnObject, boxes_apart, draw
+from cogrpo.world.render import COLORS, GRID_ALIGN, IMAGE_SIZE, PLURALS, SHAPES, SIZES, DrawnObject, boxes_apart, draw
 
 # Colour-shape pairs that never appear in pretraining images or RL training
 # prompts, so the evaluation measures compositional generalisation on them.
@@ -254,14 +254,15 @@ class TrainingPrompts:
 
 
 def _random_object(
-    rng: np.random.Generator, shape: str, color: str | None, image_size: int, allow_held_out: bool, max_size: int
+    rng: np.random.Generator, shape: str, color: str | None, image_size: int, allow_held_out: bool, sizes: tuple[int, ...]
 ) -> DrawnObject:
     if color is None:
         choices = [c for c in COLORS if allow_held_out or (c, shape) not in HELD_OUT_PAIRS]
         color = choices[rng.integers(len(choices))]
-    size = int(rng.integers(MIN_SIZE, max_size + 1))
-    x0 = int(rng.integers(0, image_size - size + 1))
-    y0 = int(rng.integers(0, image_size - size + 1))
+    size = int(sizes[rng.integers(len(sizes))])
+    slots = (image_size - size) // GRID_ALIGN + 1
+    x0 = int(rng.integers(slots)) * GRID_ALIGN
+    y0 = int(rng.integers(slots)) * GRID_ALIGN
     return DrawnObject(shape, color, x0, y0, size)
 
 
@@ -275,13 +276,13 @@ def scene_for(entry: dict[str, Any], rng: np.random.Generator, image_size: int =
     specs: list[tuple[str, str | None]] = []
     for clause in include:
         specs += [(clause["class"], clause.get("color"))] * clause["count"]
-    # Crowded scenes get smaller objects so that they fit with the minimum gap.
-    max_size = {1: MAX_SIZE, 2: MAX_SIZE, 3: MAX_SIZE - 2}.get(len(specs), MAX_SIZE - 3)
+    # Crowded scenes get small objects only, so that they fit with the minimum gap.
+    sizes = SIZES if len(specs) <= 2 else SIZES[:1]
     for _ in range(max_tries):
         objects: list[DrawnObject] = []
         for shape, color in specs:
             for _ in range(50):
-                candidate = _random_object(rng, shape, color, image_size, allow_held_out, max_size)
+                candidate = _random_object(rng, shape, color, image_size, allow_held_out, sizes)
                 if all(boxes_apart(candidate, other) for other in objects):
                     objects.append(candidate)
                     break

@@ -1,9 +1,11 @@
 """Drawing of the shapes world: coloured shapes on a neutral grey background.
 
-Images are uint8 RGB arrays of shape (H, W, 3). Shapes are drawn without
-antialiasing so that every object pixel carries exactly one palette colour, and
-objects keep a gap of at least ``MIN_GAP`` pixels so that the tokenizer's
-blurred edges never join two objects into one.
+Images are uint8 RGB arrays of shape (H, W, 3). The world is designed with its
+tokenizer: shapes are drawn without antialiasing, so every object pixel carries
+exactly one palette colour; boxes are 12 or 16 pixels wide and start on the
+4-pixel grid of the VQ tokenizer's patches, so each patch holds one of a small
+set of shape pieces; and objects keep a gap of at least one patch, so
+reconstruction noise never joins two objects into one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 
 IMAGE_SIZE = 32
 BACKGROUND = (128, 128, 128)
-MIN_GAP = 3
+GRID_ALIGN = 4  # boxes start on multiples of the tokenizer's patch size
+MIN_GAP = 4
 
 # The ten GenEval colours, as saturated RGB values far enough from each other
 # and from the grey background for a nearest-colour rule to separate them.
@@ -25,7 +28,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "green": (30, 170, 50),
     "blue": (30, 70, 230),
     "purple": (140, 40, 200),
-    "pink": (250, 130, 200),
+    "pink": (240, 90, 180),
     "brown": (120, 70, 20),
     "black": (15, 15, 15),
     "white": (250, 250, 250),
@@ -34,8 +37,7 @@ COLORS: tuple[str, ...] = tuple(PALETTE)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 PLURALS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 
-MIN_SIZE = 8
-MAX_SIZE = 13
+SIZES: tuple[int, ...] = (12, 16)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,360 @@
+"""The ``cogrpo`` command line: a thin Typer layer over the library's configuration objects."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Co-GRPO for masked image generators: pretrain the embedded model, sample, train, evaluate, build tables.",
+)
+console = Console()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "huggingface_hub", "diffusers", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command("list")
+def list_entries() -> None:
+    """List the registered models, rewards and benchmarks, and whether their weights are here."""
+    from cogrpo.catalog import BENCHMARKS, MODELS, REWARDS
+
+    table = Table(title="cogrpo registry")
+    for column in ("kind", "name", "weights", "available", "description"):
+        table.add_column(column)
+    for registry in (MODELS, REWARDS, BENCHMARKS):
+        for entry in registry:
+            available = _availability(entry)
+            table.add_row(registry.kind, entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else ""),
+                          str(entry.info.get("weights", "-")), available, entry.description)
+    console.print(table)
+
+
+def _availability(entry) -> str:
+    import importlib
+
+    check = entry.info.get("check")
+    if check:
+        module, _, attr = check.partition(":")
+        return "yes" if getattr(importlib.import_module(module), attr)() else "no"
+    spec = entry.info.get("spec")
+    if spec:
+        module, _, attr = spec.partition(":")
+        try:
+            spec_obj = getattr(importlib.import_module(module), attr)
+            specs = spec_obj if isinstance(spec_obj, (list, tuple)) else [spec_obj]
+            return "yes" if all(s.local_file() is not None for s in specs if hasattr(s, "local_file")) else "no (downloads on first use)"
+        except Exception:  # noqa: BLE001 - availability is informational only
+            return "unknown"
+    weights = str(entry.info.get("weights", ""))
+    if weights.startswith("none"):
+        return "yes"
+    return "no (downloads on first use)" if weights else "-"
+
+
+@app.command()
+def pretrain(
+    stage: str = typer.Option("all", help="Which stage to run: vq, mdm or all."),
+    vq_steps: int = typer.Option(2000, help="Optimiser steps of the VQ tokenizer stage."),
+    mdm_steps: int = typer.Option(9000, help="Optimiser steps of the masked transformer stage."),
+    batch_size: int = typer.Option(64, help="Images per optimiser step of the transformer stage."),
+    out: Path = typer.Option(None, help="Output folder (default: the package's assets/shapes, replacing the shipped weights)."),
+    seed: int = typer.Option(0, help="Seed of the scene generator and the initialisation."),
+    verbose: bool = typer.Option(True, help="Log progress."),
+) -> None:
+    """Pretrain the embedded shapes model: the VQ tokenizer, then the masked transformer."""
+    _setup_logging(verbose)
+    from cogrpo.models.shapes_components import ASSET_DIR
+    from cogrpo.pretrain import MDMTrainConfig, VQTrainConfig, train_mdm, train_vq
+
+    if stage not in {"vq", "mdm", "all"}:
+        _fail(f"invalid --stage {stage!r}; allowed: vq, mdm, all")
+    if vq_steps < 1 or mdm_steps < 1 or batch_size < 1:
+        _fail("--vq-steps, --mdm-steps and --batch-size must be at least 1")
+    target = out or ASSET_DIR
+    if stage in {"vq", "all"}:
+        train_vq(VQTrainConfig(steps=vq_steps, seed=seed), target / "vqvae")
+    if stage in {"mdm", "all"}:
+        train_mdm(MDMTrainConfig(steps=mdm_steps, batch_size=batch_size, seed=seed, save_every=max(1, min(500, mdm_steps))), target)
+    console.print(f"pretrained weights written to {target}")
+
+
+def _safe_out(out: Path) -> Path:
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@app.command()
+def sample(
+    prompt: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat the option for several prompts."),
+    n: int = typer.Option(4, help="Images per prompt."),
+    steps: int = typer.Option(12, help="Decoding steps T."),
+    seed: int = typer.Option(0, help="Seed; image k of prompt i uses a generator seeded from (seed, i, k)."),
+    out: Path = typer.Option(Path("outputs/samples"), help="Folder for the PNGs and grid.png (created if missing)."),
+    model: str = typer.Option("shapes", help="Registered model backend."),
+    model_path: Optional[Path] = typer.Option(None, help="Local weights folder for the backend."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Run folder (or checkpoint folder) of `cogrpo train` to sample from."),
+    schedule: str = typer.Option("default", help="default (the backend's hand-set schedule) or learned (the trained policy's mean)."),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+) -> None:
+    """Sample images for prompts and write PNGs (and a grid) under --out."""
+    _setup_logging(False)
+    import numpy as np
+    from PIL import Image
+
+    from cogrpo.rl.config import TrainConfig
+    from cogrpo.rl.run import build_backend, load_trained, resolve_device
+    from cogrpo.rl.trainer import derive_seed
+    from cogrpo.sampling.sampler import image_generators
+    from cogrpo.sampling.sampler import sample as run_sampler
+
+    if n < 1 or steps < 1:
+        _fail(f"invalid --n {n} or --steps {steps}; both must be at least 1")
+    if schedule not in {"default", "learned"}:
+        _fail(f"invalid --schedule {schedule!r}; allowed: default, learned")
+    dev = resolve_device(device)
+    policy = None
+    if checkpoint is not None:
+        backend, policy, _ = load_trained(checkpoint, dev)
+        if schedule == "learned" and policy.steps != steps:
+            _fail(f"the learned schedule has {policy.steps} steps; pass --steps {policy.steps}")
+    else:
+        if schedule == "learned":
+            _fail("--schedule learned needs --checkpoint RUN_DIR")
+        backend = build_backend(TrainConfig(model=model, model_path=str(model_path) if model_path else None), dev)
+    out = _safe_out(out)
+    jobs = [(i, k) for i in range(len(prompt)) for k in range(n)]
+    seeds = [derive_seed(seed, i, k) for i, k in jobs]
+    trajectory = run_sampler(backend, [prompt[i] for i, _ in jobs], image_generators(seeds), steps=steps,
+                             schedule=policy if schedule == "learned" else None, schedule_mode="mean")
+    images = backend.decode(trajectory.tokens.view(-1, *trajectory.grid))
+    for (i, k), image in zip(jobs, images):
+        Image.fromarray(image).save(out / f"{i:03d}-{k:03d}.png")
+    rows = [np.concatenate(list(images[i * n : (i + 1) * n]), axis=1) for i in range(len(prompt))]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out / "grid.png")
+    (out / "prompts.json").write_text(json.dumps({"prompts": prompt, "n": n, "steps": steps, "seed": seed, "schedule": schedule}, indent=2) + "\n")
+    console.print(f"wrote {len(images)} images and grid.png to {out}")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, help="YAML preset; command-line options override its values."),
+    model: Optional[str] = typer.Option(None, help="Registered model backend (default: shapes)."),
+    model_path: Optional[str] = typer.Option(None, help="Local weights folder for the backend."),
+    reward: Optional[str] = typer.Option(None, help="Reward name or weighted mix, e.g. 'hps=1,imagereward=0.5' (default: shapes)."),
+    prompts: Optional[str] = typer.Option(None, help="'shapes' or a .txt / GenEval .jsonl prompt file."),
+    mode: Optional[str] = typer.Option(None, help="co (Co-GRPO), model (naive GRPO, default schedule) or schedule (frozen model)."),
+    iterations: Optional[int] = typer.Option(None, help="Training iterations (each: one rollout and one update)."),
+    prompts_per_iteration: Optional[int] = typer.Option(None, help="Prompts per iteration over all processes."),
+    group_size: Optional[int] = typer.Option(None, help="Images per prompt (G >= 2)."),
+    steps: Optional[int] = typer.Option(None, help="Decoding steps T of the rollouts."),
+    train_step_fraction: Optional[float] = typer.Option(None, help="Share of the T steps trained per iteration, in (0, 1]."),
+    lora_rank: Optional[int] = typer.Option(None, help="LoRA rank on the attention projections; 0 = full fine-tuning."),
+    lr_model: Optional[float] = typer.Option(None, help="Learning rate of the model parameters."),
+    lr_schedule: Optional[float] = typer.Option(None, help="Learning rate of the schedule policy."),
+    clip_range: Optional[float] = typer.Option(None, help="PPO clip range epsilon of the ratio."),
+    kl_weight: Optional[float] = typer.Option(None, help="Weight of the k3 KL to the reference model (0 = off)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of prompts, rollouts and step selection."),
+    chunk_size: Optional[int] = typer.Option(None, help="Images per forward pass (micro-batch) in rollouts and updates."),
+    eval_every: Optional[int] = typer.Option(None, help="Held-out evaluation every N iterations (0 = only before and after)."),
+    out: Optional[str] = typer.Option(None, help="Run folder for checkpoints, logs and summary.json."),
+    resume: Optional[Path] = typer.Option(None, help="Resume the run in this folder from its newest valid checkpoint."),
+    allow_inexact_resume: bool = typer.Option(False, help="Resume even if the config, world size or base model differ (recorded)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, or auto."),
+    verbose: bool = typer.Option(False, help="Log every iteration."),
+) -> None:
+    """Train with Co-GRPO (or a baseline mode). With no options: the embedded shapes preset."""
+    _setup_logging(verbose)
+    from cogrpo.rl.config import TrainConfig
+    from cogrpo.rl.run import train as run_training
+    from cogrpo.rl.trainer import TrainingAborted
+
+    overrides = {k: v for k, v in dict(
+        model=model, model_path=model_path, reward=reward, prompts=prompts, mode=mode, iterations=iterations,
+        prompts_per_iteration=prompts_per_iteration, group_size=group_size, steps=steps,
+        train_step_fraction=train_step_fraction, lora_rank=lora_rank, lr_model=lr_model, lr_schedule=lr_schedule,
+        clip_range=clip_range, kl_weight=kl_weight, seed=seed, chunk_size=chunk_size, eval_every=eval_every,
+        out=out, device=device).items() if v is not None}
+    try:
+        if resume is not None and config is None:
+            cfg = _config_of_run(resume, overrides)
+        elif config is not None:
+            cfg = TrainConfig.from_yaml(config, **overrides)
+        else:
+            cfg = TrainConfig(**overrides)
+        _check_reward_name(cfg.reward)
+        summary = run_training(cfg, resume=resume, allow_inexact_resume=allow_inexact_resume)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        _fail(str(error))
+    except TrainingAborted as error:
+        console.print(f"[red]training stopped:[/red] {error}")
+        raise typer.Exit(code=3) from None
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        _print_summary(summary)
+
+
+def _config_of_run(run_dir: Path, overrides: dict):
+    from cogrpo.checkpoint_io import latest_valid_checkpoint
+    from cogrpo.rl.config import TrainConfig
+
+    path = latest_valid_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume {run_dir}: no valid checkpoint found there")
+    saved = json.loads((path / "trainer_state.json").read_text())["config"]
+    saved.update(overrides)
+    saved["out"] = str(run_dir)
+    return TrainConfig.from_dict(saved, source=str(path))
+
+
+def _check_reward_name(spec: str) -> None:
+    from cogrpo.catalog import REWARDS
+
+    names = [part.split("=")[0].strip() for part in spec.split(",")]
+    for name in names:
+        REWARDS.entry(name)
+
+
+def _print_summary(summary: dict) -> None:
+    before, after = summary.get("before"), summary.get("after")
+    if not (before and after):
+        console.print(f"trained {summary.get('iterations')} iterations")
+        return
+    table = Table(title="held-out shapes benchmark (GenEval rules), before and after training")
+    keys = [k for k in before["default"] if k not in {"n_samples"}]
+    table.add_column("model / schedule")
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_row("base / default", *[f"{before['default'][k]:.3f}" for k in keys])
+    for name, metrics in after.items():
+        table.add_row(f"trained / {name}", *[f"{metrics.get(k, float('nan')):.3f}" for k in keys])
+    console.print(table)
+
+
+@app.command("eval")
+def evaluate(
+    bench: str = typer.Option("shapes", help="Registered benchmark."),
+    model: str = typer.Option("shapes", help="Registered model backend."),
+    model_path: Optional[str] = typer.Option(None, help="Local weights folder for the backend."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Run folder (or checkpoint folder) of `cogrpo train`."),
+    schedule: str = typer.Option("default", help="default or learned (the trained policy's mean; needs --checkpoint)."),
+    steps: int = typer.Option(12, help="Decoding steps T."),
+    images_per_prompt: Optional[int] = typer.Option(None, help="Images per prompt (default: the benchmark's)."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N prompts (the result is marked partial)."),
+    seed: int = typer.Option(0, help="Seed; image k of prompt i uses a generator seeded from (seed, i, k)."),
+    batch_size: int = typer.Option(32, help="Images per forward pass and per scorer call."),
+    out: Path = typer.Option(Path("outputs/eval"), help="Output folder: images/, per-rank score files and result.json."),
+    score_only: bool = typer.Option(False, "--score-only", help="Score the images already in OUT/images (e.g. from the official scripts); generate nothing."),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+) -> None:
+    """Evaluate a model on a benchmark; rerunning the same command resumes."""
+    _setup_logging(False)
+    from cogrpo.catalog import BENCHMARKS
+    from cogrpo.evaluation.runner import EvalRequest, run_benchmark
+    from cogrpo.rl.config import TrainConfig
+    from cogrpo.rl.run import build_backend, load_trained, make_accelerator, resolve_device
+
+    if schedule not in {"default", "learned"}:
+        _fail(f"invalid --schedule {schedule!r}; allowed: default, learned")
+    if steps < 1 or batch_size < 1:
+        _fail("--steps and --batch-size must be at least 1")
+    try:
+        suite = BENCHMARKS.create(bench)
+    except KeyError as error:
+        _fail(str(error))
+    dev = resolve_device(device)
+    accelerator = make_accelerator(dev)
+    backend, policy, info = None, None, {"name": model}
+    if not score_only:
+        if checkpoint is not None:
+            backend, policy, info = load_trained(checkpoint, dev)
+            if schedule == "learned" and policy.steps != steps:
+                _fail(f"the learned schedule has {policy.steps} steps; pass --steps {policy.steps}")
+        else:
+            if schedule == "learned":
+                _fail("--schedule learned needs --checkpoint RUN_DIR")
+            backend = build_backend(TrainConfig(model=model, model_path=model_path), dev)
+        info = {**info, "name": getattr(backend, "name", model), "revision": getattr(backend, "revision", None)}
+    request = EvalRequest(steps=steps, seed=seed, images_per_prompt=images_per_prompt, limit=limit,
+                          batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info)
+    result = run_benchmark(suite, request, out.resolve(), backend, policy if schedule == "learned" else None, accelerator)
+    if result is not None:
+        table = Table(title=f"{result['benchmark']['name']} v{result['benchmark']['version']}"
+                            + (" (partial)" if result["partial"] else ""))
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in result["metrics"].items():
+            table.add_row(key, "n/a" if value is None else f"{value:.4f}")
+        table.add_row("n_samples", str(result["n_samples"]))
+        table.add_row("n_failed", str(result["n_failed"]))
+        console.print(table)
+        console.print(f"result written to {out / 'result.json'}")
+
+
+@app.command()
+def score(
+    reward: str = typer.Option(..., help="Reward name or weighted mix."),
+    prompt: str = typer.Option(..., help="The prompt the images were generated for."),
+    images: list[Path] = typer.Argument(..., help="Image files to score."),
+    metadata: Optional[Path] = typer.Option(None, help="GenEval metadata JSON of the prompt (needed by shapes and GenEval rewards)."),
+) -> None:
+    """Score image files with a reward; failed images are reported, not fatal."""
+    _setup_logging(False)
+    from cogrpo.rl.run import build_reward
+
+    try:
+        _check_reward_name(reward)
+        scorer = build_reward(reward)
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    meta = json.loads(metadata.read_text()) if metadata else None
+    result = scorer.score_detailed([str(p) for p in images], [prompt] * len(images), [meta] * len(images) if meta else None)
+    table = Table(title=f"{scorer.name} scores")
+    table.add_column("image")
+    table.add_column("score", justify="right")
+    table.add_column("error")
+    for path, value, error in zip(images, result.scores, result.errors):
+        table.add_row(str(path), "nan" if value != value else f"{value:.6f}", error or "")
+    console.print(table)
+
+
+@app.command()
+def tables(
+    results: Path = typer.Option(Path("results"), help="Folder of result JSON files."),
+    check: bool = typer.Option(False, "--check", help="Fail when the committed tables differ from a fresh build."),
+) -> None:
+    """Build Markdown and LaTeX tables from result files (and a PNG plot of quality against steps)."""
+    from cogrpo.evaluation.tables import build_tables, check_tables
+
+    if check:
+        stale = check_tables(results)
+        if stale:
+            _fail("tables are out of date: " + ", ".join(stale) + ". Run `cogrpo tables` and commit the result.")
+        console.print("tables are up to date")
+        return
+    written = build_tables(results)
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    app()

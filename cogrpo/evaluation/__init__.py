@@ -1,0 +1,1 @@
+"""Benchmark suites and the evaluation runner (resumable, sharded, self-describing results)."""

@@ -1,0 +1,286 @@
+"""The evaluation runner: generate, score and aggregate a benchmark, resumably and in shards.
+
+Per-image seeds derive from (seed, prompt index, image index), so results do
+not depend on batch size or on how prompts are split across processes. Images
+are written in the benchmark's official layout (write to a temporary file, then
+rename), scores are appended to one JSONL file per process keyed by the image's
+SHA-256, and a rerun of the same command skips every image and score already
+done. Rank 0 gathers the records and writes the result JSON atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cogrpo.checkpoint_io import atomic_write_bytes, atomic_write_json
+from cogrpo.evaluation.suites import BenchmarkSuite
+from cogrpo.rl.trainer import derive_seed
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class EvalCounters:
+    """How much work a run did (for tests and logs)."""
+
+    generated: int = 0
+    scored: int = 0
+    reused_images: int = 0
+    reused_scores: int = 0
+
+
+@dataclass
+class EvalRequest:
+    """What to evaluate and how."""
+
+    steps: int
+    seed: int = 0
+    images_per_prompt: int | None = None
+    limit: int | None = None
+    batch_size: int = 32
+    schedule_name: str = "default"
+    score_only: bool = False
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+
+def image_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> dict[str, str]:
+    """Return the versions of the libraries that shape the numbers."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for name in ("cogrpo", "torch", "torchvision", "diffusers", "transformers", "open-clip-torch", "numpy", "pillow"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _read_records(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    records = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: skipping a truncated line (an interrupted run); it will be scored again", path)
+                continue
+            records[(record["index"], record["sample"])] = record
+    return records
+
+
+def run_benchmark(
+    suite: BenchmarkSuite,
+    request: EvalRequest,
+    out_dir: Path,
+    backend=None,
+    schedule=None,
+    accelerator=None,
+    counters: EvalCounters | None = None,
+) -> dict[str, Any] | None:
+    """Generate missing images, score missing samples and write ``result.json`` (rank 0).
+
+    ``backend`` and ``schedule`` are needed unless ``request.score_only``.
+    Returns the result dictionary on rank 0 and None elsewhere.
+    """
+    counters = counters if counters is not None else EvalCounters()
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    images_per_prompt = request.images_per_prompt or suite.images_per_prompt
+    if images_per_prompt < 1:
+        raise ValueError(f"invalid images_per_prompt={images_per_prompt}; expected at least 1")
+    count = len(suite.entries) if request.limit is None else min(request.limit, len(suite.entries))
+    if count < 1:
+        raise ValueError(f"invalid limit={request.limit}; expected at least 1 prompt")
+    image_root = out_dir / "images"
+    my_indices = [i for i in range(count) if i % world == rank]
+    jobs = [(i, k) for i in my_indices for k in range(images_per_prompt)]
+
+    if not request.score_only:
+        if backend is None:
+            raise ValueError("a backend is needed to generate images; pass --score-only to score existing images")
+        _generate(suite, request, image_root, backend, schedule, jobs, counters)
+    scores_path = out_dir / f"scores-rank{rank:03d}-of-{world:03d}.jsonl"
+    _score(suite, request, image_root, jobs, scores_path, counters)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if rank != 0:
+        return None
+    records: dict[tuple[int, int], dict[str, Any]] = {}
+    for path in sorted(out_dir.glob(f"scores-rank*-of-{world:03d}.jsonl")):
+        records.update(_read_records(path))
+    ordered = [records[(i, k)] for i in range(count) for k in range(images_per_prompt) if (i, k) in records]
+    result = _result(suite, request, ordered, count, images_per_prompt, world)
+    atomic_write_json(out_dir / RESULT_FILE, result)
+    return result
+
+
+def _generate(suite, request, image_root, backend, schedule, jobs, counters) -> None:
+    from cogrpo.sampling.sampler import image_generators, sample
+
+    missing = []
+    for index, sample_index in jobs:
+        if suite.image_path(image_root, index, sample_index).exists():
+            counters.reused_images += 1
+        else:
+            missing.append((index, sample_index))
+    for start in range(0, len(missing), request.batch_size):
+        batch = missing[start : start + request.batch_size]
+        prompts = [suite.entries[i]["prompt"] for i, _ in batch]
+        seeds = [derive_seed(request.seed, i, k) for i, k in batch]
+        trajectory = sample(backend, prompts, image_generators(seeds), steps=request.steps, schedule=schedule,
+                            schedule_mode="mean", chunk_size=request.batch_size)
+        images = backend.decode(trajectory.tokens.view(-1, *trajectory.grid))
+        for (index, sample_index), image in zip(batch, images):
+            suite.write_prompt_files(image_root, index)
+            path = suite.image_path(image_root, index, sample_index)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, _png_bytes(image))
+            counters.generated += 1
+
+
+def _score(suite, request, image_root, jobs, scores_path, counters) -> None:
+    done = _read_records(scores_path)
+    todo = []
+    for index, sample_index in jobs:
+        path = suite.image_path(image_root, index, sample_index)
+        digest = image_sha256(path) if path.exists() else None
+        previous = done.get((index, sample_index))
+        if previous is not None and previous.get("image_sha256") == digest:
+            counters.reused_scores += 1
+            continue
+        todo.append((index, sample_index, path, digest))
+    if not todo:
+        return
+    scorer = suite.make_scorer()
+    scores_path.parent.mkdir(parents=True, exist_ok=True)
+    with scores_path.open("a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), request.batch_size):
+            batch = todo[start : start + request.batch_size]
+            images, prompts, metadata, rows = [], [], [], []
+            for index, sample_index, path, digest in batch:
+                entry = suite.entries[index]
+                record = {"index": index, "sample": sample_index, "prompt": entry["prompt"], "tag": entry.get("tag"),
+                          "image": str(path.relative_to(image_root)), "image_sha256": digest, "score": None}
+                if digest is None:
+                    record["error"] = "missing image"
+                    handle.write(json.dumps(record) + "\n")
+                    counters.scored += 1
+                    continue
+                images.append(path)
+                prompts.append(entry["prompt"])
+                metadata.append(entry if "include" in entry else None)
+                rows.append(record)
+            if images:
+                result = scorer.score_detailed(images, prompts, metadata)
+                for record, score, error, detail in zip(rows, result.scores, result.errors, result.details):
+                    record["score"] = float(score) if np.isfinite(score) else None
+                    if error or record["score"] is None:
+                        record["error"] = error or "score is not finite"
+                    if detail:
+                        record["details"] = {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool))}
+                    handle.write(json.dumps(record) + "\n")
+                    counters.scored += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _result(suite, request, records, count, images_per_prompt, world) -> dict[str, Any]:
+    expected = count * images_per_prompt
+    failed = [r for r in records if r.get("score") is None]
+    # Missing records (a shard that never reported) also count as failures.
+    n_failed = len(failed) + (expected - len(records))
+    metrics = suite.aggregate(records)
+    return {
+        "benchmark": {"name": suite.name, "version": suite.version, "prompt_sha256": suite.prompt_sha256,
+                      "n_prompts": count, "n_prompts_total": len(suite.entries), **suite.info},
+        "model": request.model_info,
+        "schedule": request.schedule_name,
+        "steps": request.steps,
+        "seed": request.seed,
+        "seed_rule": "derive_seed(seed, prompt_index, image_index)",
+        "images_per_prompt": images_per_prompt,
+        "dtype": "float32",
+        "world_size": world,
+        "score_only": request.score_only,
+        "partial": count < len(suite.entries),
+        "versions": library_versions(),
+        "git_commit": _git_commit(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metrics": metrics,
+        "n_samples": expected,
+        "n_failed": n_failed,
+        "samples": records,
+    }
+
+
+def evaluate_in_memory(
+    suite: BenchmarkSuite,
+    backend,
+    schedule,
+    *,
+    steps: int,
+    seed: int = 0,
+    limit: int | None = None,
+    images_per_prompt: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Evaluate without writing files (used for the trainer's periodic and final tables)."""
+    from cogrpo.sampling.sampler import image_generators, sample
+
+    count = len(suite.entries) if limit is None else min(limit, len(suite.entries))
+    k = images_per_prompt or suite.images_per_prompt
+    jobs = [(i, j) for i in range(count) for j in range(k)]
+    scorer = suite.make_scorer()
+    records = []
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        entries = [suite.entries[i] for i, _ in batch]
+        seeds = [derive_seed(seed, i, j) for i, j in batch]
+        trajectory = sample(backend, [e["prompt"] for e in entries], image_generators(seeds), steps=steps,
+                            schedule=schedule, schedule_mode="mean", chunk_size=batch_size)
+        images = list(backend.decode(trajectory.tokens.view(-1, *trajectory.grid)))
+        result = scorer.score_detailed(images, [e["prompt"] for e in entries],
+                                       [e if "include" in e else None for e in entries])
+        for (i, j), entry, score in zip(batch, entries, result.scores):
+            records.append({"index": i, "sample": j, "tag": entry.get("tag"),
+                            "score": float(score) if np.isfinite(score) else None})
+    metrics = suite.aggregate(records)
+    metrics["n_samples"] = len(records)
+    return metrics

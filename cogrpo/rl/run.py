@@ -1,0 +1,298 @@
+"""Running a training job: building its parts, checkpoints, resume, logs and the final table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from cogrpo.checkpoint_io import (
+    atomic_write_json,
+    checkpoint_name,
+    clean_staging,
+    commit_checkpoint,
+    latest_valid_checkpoint,
+    prune_checkpoints,
+)
+from cogrpo.rl.config import TrainConfig
+from cogrpo.rl.state import load_optimizer, load_trainable_state, save_optimizer, trainable_state
+from cogrpo.rl.trainer import CoGRPOTrainer
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+
+
+class ResumeMismatchError(RuntimeError):
+    """A checkpoint whose configuration, world size or base model differs from the current run."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the device for ``"auto"`` (CUDA when available), or the named one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_backend(config: TrainConfig, device: torch.device):
+    """Build the model backend named by the configuration."""
+    from cogrpo.catalog import MODELS
+
+    loader = MODELS.get(config.model)
+    kwargs: dict[str, Any] = {"device": device}
+    if config.model_path is not None:
+        kwargs["path"] = config.model_path
+    return loader(**kwargs)
+
+
+def build_reward(spec: str, device: torch.device | None = None):
+    """Build one scorer or a weighted mix from ``name`` or ``name=w,name=w``."""
+    from cogrpo.catalog import REWARDS
+
+    if "=" not in spec and "," not in spec:
+        return REWARDS.create(spec)
+    from cogrpo.rewards.mix import WeightedMix, parse_reward_spec
+
+    parts = parse_reward_spec(spec, known=REWARDS.names())
+    return WeightedMix([(REWARDS.create(name), weight) for name, weight in parts])
+
+
+def save_checkpoint(trainer: CoGRPOTrainer, run_dir: Path) -> Path | None:
+    """Write an atomic checkpoint of the trainer (rank 0 writes; every rank waits)."""
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        config = trainer.config
+
+        def write(folder: Path) -> None:
+            save_file(trainable_state(trainer.unwrapped_transformer), str(folder / "model.safetensors"))
+            save_file({k: v.detach().cpu().contiguous() for k, v in trainer.schedule_policy.state_dict().items()},
+                      str(folder / "schedule.safetensors"))
+            if trainer.model_optimizer is not None:
+                save_optimizer(trainer.model_optimizer, folder, "model_optimizer")
+            if trainer.schedule_optimizer is not None:
+                save_optimizer(trainer.schedule_optimizer, folder, "schedule_optimizer")
+            state = {
+                "iteration": trainer.iteration,
+                "consecutive_skips": trainer.consecutive_skips,
+                "config": config.to_dict(),
+                "config_hash": config.training_hash(),
+                "world_size": accelerator.num_processes,
+                "base_model": getattr(trainer.backend, "name", config.model),
+                "base_model_revision": getattr(trainer.backend, "revision", None),
+                "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha or config.lora_rank} if config.lora_rank else None,
+            }
+            (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+
+        path = commit_checkpoint(run_dir, checkpoint_name(trainer.iteration), write,
+                                 {"iteration": trainer.iteration, "config_hash": config.training_hash()})
+        prune_checkpoints(run_dir, config.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(trainer: CoGRPOTrainer, path: Path, allow_mismatch: bool = False) -> dict[str, Any]:
+    """Restore a checkpoint into ``trainer``; refuse a different config, world size or base model unless allowed."""
+    state = json.loads((path / TRAINER_STATE).read_text())
+    config = trainer.config
+    problems = []
+    if state["config_hash"] != config.training_hash():
+        saved = state["config"]
+        current = config.to_dict()
+        changed = sorted(k for k in current if k in saved and saved[k] != current[k] and k not in {"iterations", "out"})
+        problems.append(f"training configuration differs (changed: {', '.join(changed) or 'unknown fields'})")
+    if state["world_size"] != trainer.accelerator.num_processes:
+        problems.append(f"world size was {state['world_size']}, now {trainer.accelerator.num_processes}")
+    revision = getattr(trainer.backend, "revision", None)
+    if state.get("base_model_revision") != revision:
+        problems.append(f"base model revision was {state.get('base_model_revision')}, now {revision}")
+    if problems and not allow_mismatch:
+        raise ResumeMismatchError(
+            f"cannot resume from {path}: " + "; ".join(problems) + ". Pass --allow-inexact-resume to resume anyway."
+        )
+    load_trainable_state(trainer.unwrapped_transformer, load_file(str(path / "model.safetensors")))
+    trainer.schedule_policy.load_state_dict(load_file(str(path / "schedule.safetensors")))
+    if trainer.model_optimizer is not None:
+        load_optimizer(trainer.model_optimizer, path, "model_optimizer")
+    if trainer.schedule_optimizer is not None:
+        load_optimizer(trainer.schedule_optimizer, path, "schedule_optimizer")
+    trainer.iteration = int(state["iteration"])
+    trainer.consecutive_skips = int(state.get("consecutive_skips", 0))
+    return {"path": str(path), "iteration": trainer.iteration, "mismatches": problems}
+
+
+class MetricsLogger:
+    """TensorBoard scalars plus a ``metrics.jsonl`` file, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but keep training without it
+                logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        self.jsonl.write(json.dumps({"iteration": step, **clean}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+def make_accelerator(device: torch.device):
+    """Return an accelerate ``Accelerator`` for ``device`` (gloo on CPU when launched with several processes)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device.type == "cpu")
+
+
+def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | Path | None = None):
+    """Load a trained run for sampling or evaluation: returns (backend, schedule policy, info).
+
+    ``run_dir`` may be a run folder (its newest valid checkpoint is used) or a
+    checkpoint folder.
+    """
+    from cogrpo.checkpoint_io import verify_checkpoint
+    from cogrpo.sampling.schedule import SchedulePolicy
+
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint else (run_dir if (run_dir / TRAINER_STATE).exists() else latest_valid_checkpoint(run_dir))
+    if path is None:
+        raise FileNotFoundError(f"no valid checkpoint found in {run_dir}; expected checkpoint-<iteration> folders written by `cogrpo train`")
+    manifest = verify_checkpoint(path)
+    state = json.loads((path / TRAINER_STATE).read_text())
+    config = TrainConfig.from_dict({**state["config"], "device": str(device)}, source=str(path / TRAINER_STATE))
+    backend = build_backend(config, torch.device(device))
+    if state.get("lora"):
+        from peft import LoraConfig
+
+        backend.transformer.add_adapter(
+            LoraConfig(r=state["lora"]["rank"], lora_alpha=state["lora"]["alpha"], init_lora_weights="gaussian",
+                       target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        )
+        backend.transformer.requires_grad_(False)
+        for name, p in backend.transformer.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+    else:
+        backend.transformer.requires_grad_(True)
+    load_trainable_state(backend.transformer, load_file(str(path / "model.safetensors")))
+    backend.transformer.requires_grad_(False).eval()
+    policy = SchedulePolicy(backend.default_schedule(config.steps), learn=config.schedule_knobs,
+                            init_std=config.schedule_init_std, learn_std=config.schedule_learn_std,
+                            min_std=config.schedule_min_std)
+    policy.load_state_dict(load_file(str(path / "schedule.safetensors")))
+    checkpoint_hash = __import__("hashlib").sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+    info = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_hash, "iteration": state["iteration"],
+            "mode": config.mode, "steps": config.steps, "base_model": state.get("base_model"),
+            "base_model_revision": state.get("base_model_revision")}
+    return backend, policy, info
+
+
+def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_resume: bool = False,
+          reward=None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a training job; returns the summary written to ``summary.json``."""
+    from cogrpo.evaluation.runner import evaluate_in_memory
+    from cogrpo.evaluation.suites import shapes_suite
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    accelerator = make_accelerator(device)
+    run_dir = Path(resume) if resume else Path(config.out)
+    backend = build_backend(config, device)
+    scorer = reward if reward is not None else build_reward(config.reward, device)
+    trainer = CoGRPOTrainer(config, backend, scorer, accelerator=accelerator)
+    is_main = accelerator.is_main_process
+    resumed = None
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_staging(run_dir)
+    accelerator.wait_for_everyone()
+    if resume:
+        path = latest_valid_checkpoint(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume {run_dir}: no valid checkpoint found there")
+        resumed = load_checkpoint(trainer, path, allow_inexact_resume)
+        logger.info("resumed from %s at iteration %d", path, trainer.iteration)
+    metrics_log = MetricsLogger(run_dir, is_main)
+    summary_path = run_dir / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary.setdefault("config", config.to_dict())
+    summary.setdefault("resumes", [])
+    if resumed:
+        summary["resumes"].append(resumed)
+    suite = shapes_suite() if config.model == "shapes" else None
+    evaluate = suite is not None and (config.final_eval or config.eval_every)
+
+    def held_out(schedule) -> dict[str, float]:
+        return evaluate_in_memory(suite, backend, schedule, steps=config.steps, seed=config.seed + 1000,
+                                  limit=config.eval_limit, images_per_prompt=2)
+
+    if evaluate and is_main and "before" not in summary and config.final_eval:
+        summary["before"] = {"default": held_out(None)}
+    accelerator.wait_for_everyone()
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    start = time.time()
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
+    with Progress(*columns, disable=not (progress and is_main)) as bar:
+        task = bar.add_task(f"train ({config.mode})", total=config.iterations, completed=trainer.iteration, status="")
+        while trainer.iteration < config.iterations:
+            result = trainer.train_iteration()
+            metrics = dict(result.metrics)
+            metrics["phase/model"] = 1.0 if result.phase == "model" else 0.0
+            metrics["skipped"] = float(result.skipped)
+            if evaluate and config.eval_every and trainer.iteration % config.eval_every == 0 and is_main:
+                for key, value in held_out(trainer.schedule_policy if config.mode != "model" else None).items():
+                    metrics[f"eval/{key}"] = value
+            metrics_log.log(result.iteration, metrics)
+            reward_key = f"rewards/{scorer.name}/mean"
+            bar.update(task, completed=trainer.iteration,
+                       status=f"{result.phase} reward {metrics.get(reward_key, float('nan')):.3f}")
+            if config.checkpoint_every and trainer.iteration % config.checkpoint_every == 0:
+                save_checkpoint(trainer, run_dir)
+    if trainer.iteration and (not config.checkpoint_every or trainer.iteration % config.checkpoint_every):
+        save_checkpoint(trainer, run_dir)
+    metrics_log.close()
+    summary["iterations"] = trainer.iteration
+    summary["wall_time_s"] = summary.get("wall_time_s", 0.0) + (time.time() - start)
+    if evaluate and is_main and config.final_eval:
+        after = {"default": held_out(None)}
+        if config.mode != "model":
+            after["learned"] = held_out(trainer.schedule_policy)
+        summary["after"] = after
+    summary["rewards"] = [
+        {"iteration": r.iteration, "phase": r.phase, "mean": float(np.nanmean(r.rewards)) if np.isfinite(r.rewards).any() else None}
+        for r in trainer.history
+    ]
+    if is_main:
+        atomic_write_json(summary_path, summary)
+    accelerator.wait_for_everyone()
+    summary["_trainer"] = trainer
+    return summary

@@ -1,0 +1,417 @@
+"""The Co-GRPO training loop: rollout, reward, group advantages, alternating updates.
+
+One iteration:
+
+1. draw the global prompt batch from a generator seeded by (seed, iteration);
+   this process keeps its share of whole prompt groups;
+2. roll out G images per prompt with the current model and schedule policy
+   (one CPU generator per image, seeded from (seed, iteration, image index));
+3. decode, score, and turn rewards into group-relative advantages;
+4. update the phase's parameters: the model phase recomputes the log-probability
+   of the tokens committed at a random subset of steps (same chunks, guidance
+   and temperatures as the rollout) and minimises the clipped ratio objective,
+   plus an optional k3 KL to the reference model; the schedule phase does the
+   same with the schedule policy's log-probabilities of the recorded actions.
+
+Every random choice is a function of (seed, iteration), so a resumed run
+repeats what an uninterrupted run would do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cogrpo.models.base import MaskedImageBackend, PromptEmbeddings
+from cogrpo.rewards.base import Scorer
+from cogrpo.rl.config import TrainConfig
+from cogrpo.rl.objective import clipped_objective, group_advantages, k3_kl
+from cogrpo.sampling.sampler import Trajectory, UnconditionalCache, committed_log_prob, image_generators, sample
+from cogrpo.sampling.schedule import SchedulePolicy
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped because too many consecutive updates were skipped."""
+
+
+def derive_seed(*parts: int) -> int:
+    """Return a 63-bit seed derived from integers (stable across runs and platforms)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
+
+
+@dataclass
+class IterationResult:
+    """What one iteration did, for logs and tests."""
+
+    iteration: int
+    phase: str
+    rewards: np.ndarray
+    advantages: np.ndarray
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+
+
+class PromptSource:
+    """Training prompts: a callable returning ``n`` metadata dicts for a numpy generator."""
+
+    def __init__(self, name: str):
+        if name != "shapes":
+            path = Path(name)
+            if not path.is_file():
+                raise ValueError(f"unknown prompt source {name!r}; use 'shapes' or a path to a .txt or .jsonl file")
+            self._pool = _read_prompt_file(path)
+        else:
+            from cogrpo.world.prompts import TrainingPrompts
+
+            self._pool = TrainingPrompts().pool
+        if not self._pool:
+            raise ValueError(f"prompt source {name!r} has no prompts")
+
+    def sample(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
+        return [self._pool[i] for i in rng.integers(len(self._pool), size=n)]
+
+
+def _read_prompt_file(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".jsonl":
+        from cogrpo.benchmarks.geneval import load_metadata
+
+        return load_metadata(path)
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [{"prompt": p} for p in prompts]
+
+
+class CoGRPOTrainer:
+    """Trains a masked image backend and its schedule policy with Co-GRPO (or a baseline mode)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        backend: MaskedImageBackend,
+        reward: Scorer,
+        prompts: PromptSource | None = None,
+        accelerator=None,
+    ):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.backend = backend
+        self.reward = reward
+        self.prompts = prompts or PromptSource(config.prompts)
+        self.accelerator = accelerator or Accelerator(cpu=backend.device.type == "cpu")
+        world = self.accelerator.num_processes
+        if config.prompts_per_iteration % world:
+            raise ValueError(
+                f"invalid prompts_per_iteration={config.prompts_per_iteration}; it must be divisible by the "
+                f"number of processes ({world}) so that every process gets whole prompt groups"
+            )
+        self.uncond_cache = UnconditionalCache()
+        self.iteration = 0
+        self.consecutive_skips = 0
+        self.history: list[IterationResult] = []
+        self._setup_model()
+        self._setup_schedule()
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup_model(self) -> None:
+        config = self.config
+        transformer = self.backend.transformer
+        self.reference = None
+        if config.mode == "schedule":
+            transformer.requires_grad_(False)
+            self.model_params: list[torch.nn.Parameter] = []
+        elif config.lora_rank > 0:
+            from peft import LoraConfig
+
+            transformer.requires_grad_(False)
+            transformer.add_adapter(
+                LoraConfig(
+                    r=config.lora_rank,
+                    lora_alpha=config.lora_alpha or config.lora_rank,
+                    init_lora_weights="gaussian",
+                    target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                )
+            )
+            self.model_params = [p for p in transformer.parameters() if p.requires_grad]
+        else:
+            transformer.requires_grad_(True)
+            self.model_params = list(transformer.parameters())
+            if config.kl_weight > 0:
+                self.reference = copy.deepcopy(transformer).requires_grad_(False).eval()
+        if config.gradient_checkpointing and hasattr(transformer, "enable_gradient_checkpointing"):
+            transformer.enable_gradient_checkpointing()
+        transformer.eval()  # no dropout in rollouts or recomputation
+        if self.model_params:
+            self.model_optimizer = torch.optim.AdamW(self.model_params, lr=config.lr_model, weight_decay=config.weight_decay)
+            prepared, self.model_optimizer = self.accelerator.prepare(transformer, self.model_optimizer)
+            self.backend.transformer = prepared
+        else:
+            self.model_optimizer = None
+
+    def _setup_schedule(self) -> None:
+        config = self.config
+        default = self.backend.default_schedule(config.steps)
+        self.schedule_policy = SchedulePolicy(
+            default,
+            learn=config.schedule_knobs,
+            init_std=config.schedule_init_std,
+            learn_std=config.schedule_learn_std,
+            min_std=config.schedule_min_std,
+        ).to(self.backend.device)
+        if config.mode == "model":
+            self.schedule_policy.requires_grad_(False)
+            self.schedule_optimizer = None
+        else:
+            params = [p for p in self.schedule_policy.parameters() if p.requires_grad]
+            self.schedule_optimizer = torch.optim.Adam(params, lr=config.lr_schedule)
+
+    @property
+    def unwrapped_transformer(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.backend.transformer)
+
+    # ------------------------------------------------------------------ one iteration
+
+    def phase(self, iteration: int) -> str:
+        """Return which parameters iteration ``iteration`` updates: "model" or "schedule"."""
+        if self.config.mode != "co":
+            return self.config.mode
+        cycle = self.config.model_phase_iterations + self.config.schedule_phase_iterations
+        return "model" if iteration % cycle < self.config.model_phase_iterations else "schedule"
+
+    def local_batch(self, iteration: int) -> tuple[list[dict[str, Any]], list[int]]:
+        """Return this process's prompt metadata (repeated G times) and the global image indices."""
+        config = self.config
+        rng = np.random.default_rng([config.seed, iteration, 1])
+        entries = self.prompts.sample(rng, config.prompts_per_iteration)
+        per_rank = config.prompts_per_iteration // self.accelerator.num_processes
+        first = self.accelerator.process_index * per_rank
+        local = []
+        indices = []
+        for p in range(first, first + per_rank):
+            for g in range(config.group_size):
+                local.append(entries[p])
+                indices.append(p * config.group_size + g)
+        return local, indices
+
+    def rollout(self, iteration: int, entries: list[dict[str, Any]], indices: list[int]) -> Trajectory:
+        """Sample the trajectories of this process's images."""
+        seeds = [derive_seed(self.config.seed, iteration, 2, i) for i in indices]
+        schedule = self.backend.default_schedule(self.config.steps) if self.config.mode == "model" else self.schedule_policy
+        return sample(
+            self.backend,
+            [e["prompt"] for e in entries],
+            image_generators(seeds),
+            steps=self.config.steps,
+            schedule=schedule,
+            schedule_mode="sample",
+            chunk_size=self.config.chunk_size,
+            uncond_cache=self.uncond_cache,
+        )
+
+    def score(self, trajectory: Trajectory, entries: list[dict[str, Any]]) -> np.ndarray:
+        """Decode and score the images; failed rewards are NaN."""
+        images = []
+        for start in range(0, len(trajectory), self.config.chunk_size):
+            grid = trajectory.tokens[start : start + self.config.chunk_size].view(-1, *trajectory.grid)
+            images.extend(self.backend.decode(grid))
+        metadata = [e if "include" in e else None for e in entries]
+        result = self.reward.score_detailed(images, [e["prompt"] for e in entries], metadata)
+        for index, error in enumerate(result.errors):
+            if error:
+                logger.warning("reward failed for image %d of prompt %r: %s", index, entries[index]["prompt"], error)
+        rewards = result.scores.astype(np.float32)
+        non_finite = ~np.isfinite(rewards)
+        if non_finite.any():
+            logger.warning("%d of %d rewards are not finite; they get advantage 0", int(non_finite.sum()), len(rewards))
+            rewards = np.where(non_finite, np.nan, rewards).astype(np.float32)
+        return rewards
+
+    def train_iteration(self) -> IterationResult:
+        """Run one iteration and advance ``self.iteration``."""
+        iteration = self.iteration
+        config = self.config
+        phase = self.phase(iteration)
+        entries, indices = self.local_batch(iteration)
+        start = time.perf_counter()
+        trajectory = self.rollout(iteration, entries, indices)
+        rollout_time = time.perf_counter() - start
+        rewards = self.score(trajectory, entries)
+        advantages = group_advantages(torch.from_numpy(rewards).view(-1, config.group_size)).flatten()
+        update_start = time.perf_counter()
+        if phase == "model":
+            metrics, skipped = self._update_model(iteration, trajectory, advantages)
+        else:
+            metrics, skipped = self._update_schedule(trajectory, advantages)
+        metrics.update(self._reward_metrics(rewards, advantages))
+        metrics["time/rollout_s"] = rollout_time
+        metrics["time/update_s"] = time.perf_counter() - update_start
+        if skipped:
+            self.consecutive_skips += 1
+            logger.warning(
+                "iteration %d (rank %d): skipped the %s update because a loss or gradient was not finite; prompts %s",
+                iteration, self.accelerator.process_index, phase, sorted({e["prompt"] for e in entries}),
+            )
+            if self.consecutive_skips >= config.max_consecutive_skips:
+                raise TrainingAborted(
+                    f"{self.consecutive_skips} consecutive updates were skipped (limit max_consecutive_skips="
+                    f"{config.max_consecutive_skips}); the last checkpoint is kept"
+                )
+        else:
+            self.consecutive_skips = 0
+        result = IterationResult(iteration, phase, rewards, advantages.numpy(), metrics, skipped)
+        self.history.append(result)
+        self.iteration += 1
+        return result
+
+    def _reward_metrics(self, rewards: np.ndarray, advantages: torch.Tensor) -> dict[str, float]:
+        finite = rewards[np.isfinite(rewards)]
+        grouped = torch.from_numpy(rewards).view(-1, self.config.group_size)
+        zero_var = float((torch.nan_to_num(grouped.amax(1) - grouped.amin(1), nan=0.0) <= 1e-8).float().mean())
+        return {
+            f"rewards/{self.reward.name}/mean": float(finite.mean()) if len(finite) else math.nan,
+            f"rewards/{self.reward.name}/std": float(finite.std()) if len(finite) else math.nan,
+            "rewards/failed": float((~np.isfinite(rewards)).sum()),
+            "advantages/mean": float(advantages.mean()),
+            "advantages/std": float(advantages.std()),
+            "advantages/abs_max": float(advantages.abs().max()),
+            "advantages/zero_variance_groups": zero_var,
+        }
+
+    # ------------------------------------------------------------------ updates
+
+    def _trained_steps(self, iteration: int, chunk: int) -> list[int]:
+        steps = self.config.steps
+        count = max(1, int(round(self.config.train_step_fraction * steps)))
+        rng = np.random.default_rng([self.config.seed, iteration, 3, chunk])
+        return sorted(rng.choice(steps, size=count, replace=False).tolist())
+
+    def _update_model(self, iteration: int, trajectory: Trajectory, advantages: torch.Tensor) -> tuple[dict[str, float], bool]:
+        config = self.config
+        transformer = self.backend.transformer
+        device = self.backend.device
+        uncond = self.uncond_cache.get(self.backend)
+        chunks = [slice(s, min(len(trajectory), s + config.chunk_size)) for s in range(0, len(trajectory), config.chunk_size)]
+        plan = [(c, step) for ci, c in enumerate(chunks) for step in self._trained_steps(iteration, ci)]
+        total_terms = sum(c.stop - c.start for c, _ in plan)
+        stats: dict[str, list[float]] = {"clip_fraction": [], "approx_kl": [], "max_abs_ratio_minus_one": [], "kl_ref": [], "entropy": []}
+        skipped = False
+        losses = []
+        for epoch in range(config.inner_epochs):
+            self.model_optimizer.zero_grad(set_to_none=True)
+            epoch_loss = torch.zeros((), device=device)
+            cond_cache: dict[int, PromptEmbeddings] = {}
+            for position, (rows, step) in enumerate(plan):
+                if rows.start not in cond_cache:
+                    cond_cache[rows.start] = self.backend.encode_prompts(trajectory.prompts[rows])
+                cond = cond_cache[rows.start]
+                last = position == len(plan) - 1
+                sync = contextlib.nullcontext() if last else self.accelerator.no_sync(transformer)
+                with sync:
+                    new_logp, per_token = committed_log_prob(self.backend, trajectory, step, rows, cond, uncond)
+                    old_logp = trajectory.model_logp[rows, step].to(device)
+                    adv = advantages[rows].to(device)
+                    loss_terms, term_stats = clipped_objective(new_logp - old_logp, adv, config.clip_range)
+                    loss = loss_terms.sum() / total_terms
+                    if config.kl_weight > 0:
+                        ref_logp = self._reference_log_probs(trajectory, step, rows, cond, uncond)
+                        committed = trajectory.committed_at(step, rows).to(device)
+                        kl = (k3_kl(per_token, ref_logp) * committed).sum(-1)
+                        loss = loss + config.kl_weight * kl.sum() / total_terms
+                        stats["kl_ref"].append(float(kl.mean()))
+                    self.accelerator.backward(loss)
+                epoch_loss += loss.detach()
+                for key, value in term_stats.items():
+                    stats[key].append(float(value))
+            skipped = not self._finite_everywhere(epoch_loss, self.model_params)
+            if skipped:
+                self.model_optimizer.zero_grad(set_to_none=True)
+                break
+            grad_norm = self.accelerator.clip_grad_norm_(self.model_params, config.max_grad_norm)
+            stats.setdefault("grad_norm", []).append(float(grad_norm))
+            self.model_optimizer.step()
+            losses.append(float(epoch_loss))
+        metrics = {f"policy/model/{k}": float(np.mean(v)) for k, v in stats.items() if v}
+        metrics["policy/model/max_abs_ratio_minus_one"] = max(stats["max_abs_ratio_minus_one"] or [0.0])
+        if losses:
+            metrics["loss/model"] = float(np.mean(losses))
+        metrics["policy/model/trained_steps"] = float(len(plan))
+        return metrics, skipped
+
+    def _reference_log_probs(self, trajectory, step, rows, cond, uncond) -> torch.Tensor:
+        with torch.no_grad():
+            if self.reference is not None:
+                live = self.backend.transformer
+                self.backend.transformer = self.reference
+                try:
+                    _, per_token = committed_log_prob(self.backend, trajectory, step, rows, cond, uncond)
+                finally:
+                    self.backend.transformer = live
+                return per_token
+            model = self.unwrapped_transformer
+            model.disable_adapters()
+            try:
+                _, per_token = committed_log_prob(self.backend, trajectory, step, rows, cond, uncond)
+            finally:
+                model.enable_adapters()
+            return per_token
+
+    def _update_schedule(self, trajectory: Trajectory, advantages: torch.Tensor) -> tuple[dict[str, float], bool]:
+        config = self.config
+        policy = self.schedule_policy
+        raw = trajectory.raw_actions.to(policy.mean.device)
+        old_logp = trajectory.schedule_logp.to(policy.mean.device)
+        adv = advantages.to(policy.mean.device)[:, None].expand_as(old_logp)
+        active_steps = policy.active.any(-1)  # (T,)
+        stats: dict[str, list[float]] = {"clip_fraction": [], "approx_kl": [], "max_abs_ratio_minus_one": []}
+        skipped = False
+        for epoch in range(config.schedule_inner_epochs):
+            self.schedule_optimizer.zero_grad(set_to_none=True)
+            new_logp = policy.log_prob(raw)
+            terms, term_stats = clipped_objective(new_logp - old_logp, adv, config.clip_range)
+            loss = terms[:, active_steps].mean()
+            loss.backward()
+            params = [p for p in policy.parameters() if p.requires_grad]
+            if self.accelerator.num_processes > 1:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+            skipped = not self._finite_everywhere(loss.detach(), params)
+            if skipped:
+                self.schedule_optimizer.zero_grad(set_to_none=True)
+                break
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            self.schedule_optimizer.step()
+            for key, value in term_stats.items():
+                stats[key].append(float(value))
+        metrics = {f"policy/schedule/{k}": float(np.mean(v)) for k, v in stats.items() if v}
+        metrics["policy/schedule/entropy"] = float(policy.entropy())
+        mean = policy.mean_schedule()
+        for index, knob in enumerate(("mask_ratio", "sample_temperature", "remask_temperature", "guidance")):
+            values = mean.as_actions()[:, index]
+            metrics[f"schedule/{knob}/mean"] = float(values.mean())
+        return metrics, skipped
+
+    def _finite_everywhere(self, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
+        """Return True when the loss and every gradient are finite on every process."""
+        finite = bool(torch.isfinite(loss).all())
+        for p in params:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                finite = False
+                break
+        flag = torch.tensor([1.0 if finite else 0.0], device=self.backend.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+            return bool(flag.item() == self.accelerator.num_processes)
+        return finite

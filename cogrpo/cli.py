@@ -176,6 +176,8 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of prompts, rollouts and step selection."),
     chunk_size: Optional[int] = typer.Option(None, help="Images per forward pass (micro-batch) in rollouts and updates."),
     eval_every: Optional[int] = typer.Option(None, help="Held-out evaluation every N iterations (0 = only before and after)."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N iterations (0 = only at the end)."),
+    final_eval: Optional[bool] = typer.Option(None, "--final-eval/--no-final-eval", help="Evaluate on held-out prompts before and after training."),
     out: Optional[str] = typer.Option(None, help="Run folder for checkpoints, logs and summary.json."),
     resume: Optional[Path] = typer.Option(None, help="Resume the run in this folder from its newest valid checkpoint."),
     allow_inexact_resume: bool = typer.Option(False, help="Resume even if the config, world size or base model differ (recorded)."),
@@ -193,7 +195,7 @@ def train(
         prompts_per_iteration=prompts_per_iteration, group_size=group_size, steps=steps,
         train_step_fraction=train_step_fraction, lora_rank=lora_rank, lr_model=lr_model, lr_schedule=lr_schedule,
         clip_range=clip_range, kl_weight=kl_weight, seed=seed, chunk_size=chunk_size, eval_every=eval_every,
-        out=out, device=device).items() if v is not None}
+        checkpoint_every=checkpoint_every, final_eval=final_eval, out=out, device=device).items() if v is not None}
     try:
         if resume is not None and config is None:
             cfg = _config_of_run(resume, overrides)
@@ -336,6 +338,33 @@ def score(
     for path, value, error in zip(images, result.scores, result.errors):
         table.add_row(str(path), "nan" if value != value else f"{value:.6f}", error or "")
     console.print(table)
+
+
+@app.command()
+def reproduce(
+    out: Path = typer.Option(Path("results/shapes"), help="Folder for the result files, tables and plot."),
+    work: Path = typer.Option(Path("outputs/reproduce"), help="Folder for runs, images and per-sample scores."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
+    iterations: int = typer.Option(25, help="Training iterations per run (equal for every arm)."),
+    sweep_steps: str = typer.Option("6,12", help="Comma-separated decoding step counts to evaluate."),
+    images_per_prompt: int = typer.Option(1, help="Images per held-out prompt in each evaluation."),
+    model_path: Optional[str] = typer.Option(None, help="Base model folder (default: the embedded weights)."),
+) -> None:
+    """Reproduce the paper's comparisons in miniature: Co-GRPO, naive GRPO, schedule-only and the base."""
+    _setup_logging(False)
+    from cogrpo.evaluation.reproduce import ReproductionPlan
+    from cogrpo.evaluation.reproduce import reproduce as run
+
+    try:
+        plan = ReproductionPlan(seeds=tuple(int(s) for s in seeds.split(",")), iterations=iterations,
+                                sweep_steps=tuple(int(s) for s in sweep_steps.split(",")),
+                                images_per_prompt=images_per_prompt, model_path=model_path)
+    except ValueError:
+        _fail(f"invalid --seeds {seeds!r} or --sweep-steps {sweep_steps!r}; expected comma-separated integers")
+    if 12 not in plan.sweep_steps:
+        plan.train_steps = max(plan.sweep_steps)
+    written = run(plan, out, work)
+    console.print("wrote " + ", ".join(str(p) for p in written))
 
 
 @app.command()

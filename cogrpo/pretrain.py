@@ -71,7 +71,8 @@ def train_vq(config: VQTrainConfig, out_dir: Path, log_every: int = 100):
     vq.save_pretrained(out_dir, safe_serialization=True)
     stats = {
         "config": asdict(config),
-        "final_loss": float(np.mean(history[-100:])),
+        "first_loss": float(np.mean(history[:10])),
+        "final_loss": float(np.mean(history[-min(100, max(1, len(history) // 10)) :])),
         "wall_time_s": time.time() - start,
         "steps": config.steps + config.finetune_steps,
     }
@@ -144,11 +145,53 @@ def random_mask(tokens: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 @torch.no_grad()
-def encode_tokens(vq, pixels: torch.Tensor) -> torch.Tensor:
-    """Return the VQ token ids (B, h, w) of images in [-1, 1]."""
+def encode_tokens(vq, pixels: torch.Tensor, token_map: torch.Tensor | None = None) -> torch.Tensor:
+    """Return the VQ token ids (B, h, w) of images in [-1, 1], mapped to canonical codes when a map is given."""
     latents = vq.encode(pixels).latents
     _, _, (_, _, indices) = vq.quantize(latents)
-    return indices.view(pixels.shape[0], latents.shape[2], latents.shape[3])
+    indices = indices.view(pixels.shape[0], latents.shape[2], latents.shape[3])
+    return token_map[indices] if token_map is not None else indices
+
+
+TOKEN_MAP_FILE = "token_map.json"
+
+
+@torch.no_grad()
+def build_token_map(vq, threshold: float = 0.1, samples: int = 1280, seed: int = 0) -> dict:
+    """Map every code that decodes to plain background onto the most used such code.
+
+    A VQ trained with codebook restarts spreads the flat background over many
+    interchangeable codes. Left as is, the masked transformer would have to
+    guess which of them an encoder picked, an entropy that carries no image
+    content. A code counts as background when an image made only of that code
+    decodes, away from the borders, to within ``threshold`` (in [-1, 1] units)
+    of the background colour.
+    """
+    codebook = comp.CODEBOOK_SIZE
+    grid = torch.arange(codebook).view(codebook, 1, 1).expand(codebook, comp.GRID, comp.GRID).contiguous()
+    images = vq.decode(grid, force_not_quantize=True, shape=(codebook, comp.GRID, comp.GRID, comp.LATENT_CHANNELS)).sample
+    margin = comp.IMAGE_SIZE // 4
+    centre = images[:, :, margin:-margin, margin:-margin]
+    background = torch.tensor(BACKGROUND, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1.0
+    deviation = (centre - background).abs().amax(dim=(1, 2, 3))
+    usage = torch.zeros(codebook)
+    rng = np.random.default_rng(seed)
+    for _ in range(max(1, samples // 64)):
+        pixels, _ = scene_batch(rng, 64)
+        usage += torch.bincount(encode_tokens(vq, pixels).flatten(), minlength=codebook).float()
+    background_codes = (deviation < threshold).nonzero().flatten()
+    canonical = torch.arange(codebook)
+    if len(background_codes):
+        target = int(background_codes[usage[background_codes].argmax()])
+        canonical[background_codes] = target
+    return {"canonical": canonical.tolist(), "threshold": threshold, "background_codes": len(background_codes),
+            "background_code": int(canonical[background_codes[0]]) if len(background_codes) else None}
+
+
+def load_token_map(model_dir: Path) -> torch.Tensor | None:
+    """Return the canonical-code map saved next to the VQ, if any."""
+    path = model_dir / TOKEN_MAP_FILE
+    return torch.tensor(json.loads(path.read_text())["canonical"]) if path.exists() else None
 
 
 def save_embedded_model(out_dir: Path, transformer, text_encoder, tokenizer, stats: dict) -> None:
@@ -182,6 +225,11 @@ def train_mdm(config: MDMTrainConfig, model_dir: Path, log_every: int = 100):
     rng = np.random.default_rng(config.seed + 1)
     generator = torch.Generator().manual_seed(config.seed + 2)
     vq = VQModel.from_pretrained(model_dir / "vqvae").eval()
+    token_map = load_token_map(model_dir)
+    if token_map is None:
+        token_map_info = build_token_map(vq, seed=config.seed)
+        (model_dir / TOKEN_MAP_FILE).write_text(json.dumps(token_map_info) + "\n")
+        token_map = torch.tensor(token_map_info["canonical"])
     tokenizer = comp.build_tokenizer()
     text_encoder = comp.build_text_encoder()
     transformer = comp.build_transformer()
@@ -197,7 +245,7 @@ def train_mdm(config: MDMTrainConfig, model_dir: Path, log_every: int = 100):
     start = time.time()
     for step in range(config.steps):
         pixels, prompts = scene_batch(rng, config.batch_size)
-        tokens = encode_tokens(vq, pixels).flatten(1)  # (B, L)
+        tokens = encode_tokens(vq, pixels, token_map).flatten(1)  # (B, L)
         drop = torch.rand(len(prompts), generator=generator) < config.cond_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         text = tokenizer(prompts, padding="max_length", max_length=comp.TEXT_MAX_LENGTH, truncation=True, return_tensors="pt")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cogrpo.rewards.base import ScoreResult, Scorer
+from cogrpo.models.shapes import weights_available
 from cogrpo.rl.config import TrainConfig
 from cogrpo.rl.objective import clipped_objective, group_advantages, k3_kl
 from cogrpo.rl.run import build_backend
@@ -93,7 +94,7 @@ def test_config_file_typo_suggests_field(tmp_path):
 
 
 def _trainer(model_dir, **overrides):
-    options = dict(model_path=str(model_dir), prompts_per_iteration=2, group_size=4, steps=4, chunk_size=4,
+    options = dict(model_path=None if model_dir is None else str(model_dir), prompts_per_iteration=2, group_size=4, steps=4, chunk_size=4,
                    device="cpu", final_eval=False, checkpoint_every=0)
     options.update(overrides)
     config = TrainConfig(**options)
@@ -133,12 +134,13 @@ def test_schedule_mode_freezes_model(random_shapes_dir):
     assert not torch.equal(trainer.schedule_policy.mean.detach(), mean_before)
 
 
-def test_short_run_raises_redness(random_shapes_dir):
-    trainer = _trainer(random_shapes_dir, mode="model", lr_model=2e-3, iterations=12, prompts_per_iteration=4,
+@pytest.mark.skipif(not weights_available(), reason="the embedded weights are not in this checkout")
+def test_short_run_raises_redness():
+    trainer = _trainer(None, mode="model", lr_model=1e-3, iterations=12, prompts_per_iteration=4,
                        group_size=4, train_step_fraction=1.0, seed=3)
     means = [float(np.nanmean(trainer.train_iteration().rewards)) for _ in range(12)]
     first, last = np.mean(means[:3]), np.mean(means[-3:])
-    assert last > first + 0.05, means
+    assert last > first * 1.5, means
 
 
 def test_nan_rewards_get_zero_advantage(random_shapes_dir):

@@ -264,9 +264,11 @@ def evaluate_in_memory(
     """Evaluate without writing files (used for the trainer's periodic and final tables)."""
     from cogrpo.sampling.sampler import image_generators, sample
 
-    count = len(suite.entries) if limit is None else min(limit, len(suite.entries))
+    total = len(suite.entries)
+    # A limited evaluation takes evenly spaced prompts, so every tag stays represented.
+    indices = list(range(total)) if limit is None or limit >= total else sorted({int(i) for i in np.linspace(0, total - 1, limit)})
     k = images_per_prompt or suite.images_per_prompt
-    jobs = [(i, j) for i in range(count) for j in range(k)]
+    jobs = [(i, j) for i in indices for j in range(k)]
     scorer = suite.make_scorer()
     records = []
     for start in range(0, len(jobs), batch_size):

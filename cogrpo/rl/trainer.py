@@ -396,7 +396,7 @@ class CoGRPOTrainer:
             for key, value in term_stats.items():
                 stats[key].append(float(value))
         metrics = {f"policy/schedule/{k}": float(np.mean(v)) for k, v in stats.items() if v}
-        metrics["policy/schedule/entropy"] = float(policy.entropy())
+        metrics["policy/schedule/entropy"] = float(policy.entropy().detach())
         mean = policy.mean_schedule()
         for index, knob in enumerate(("mask_ratio", "sample_temperature", "remask_temperature", "guidance")):
             values = mean.as_actions()[:, index]

@@ -1,0 +1,186 @@
+"""Paper-style tables from result files: Markdown and LaTeX, plus a plot of quality against steps.
+
+Result files are the ``result.json`` files of ``cogrpo eval`` (copied under
+``results/``). Rows that share a label (``model.label``), schedule and step
+count but differ in seed are averaged and shown as mean ± std over seeds.
+Partial runs (``--limit``) and runs of different benchmark versions or prompt
+files never share a table: each (benchmark, version, prompt hash) gets its own
+table, and partial runs are left out. The paper's reported numbers come from
+``evals/reported.json`` and appear as rows marked "reported".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TABLE_DIR = "tables"
+REPORTED = Path(__file__).resolve().parents[2] / "evals" / "reported.json"
+PAPER_COLUMNS = (("imagereward", "ImageReward"), ("hps_v2", "HPS v2"), ("geneval", "GenEval"), ("dpg", "DPG-Bench"))
+
+
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    """Read every result JSON under ``results_dir`` (the tables folder excluded)."""
+    results = []
+    for path in sorted(results_dir.rglob("*.json")):
+        if TABLE_DIR in path.relative_to(results_dir).parts:
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "benchmark" in data and "metrics" in data:
+            data["_path"] = str(path.relative_to(results_dir))
+            results.append(data)
+    return results
+
+
+def _label(result: dict[str, Any]) -> str:
+    model = result.get("model") or {}
+    return str(model.get("label") or model.get("name") or "model")
+
+
+def _fmt(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def _grouped(results: list[dict[str, Any]]):
+    tables: dict[tuple, dict[tuple, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        if result.get("partial"):
+            continue
+        bench = result["benchmark"]
+        key = (bench["name"], str(bench["version"]), bench.get("prompt_sha256", ""))
+        tables[key][(_label(result), result.get("schedule", "default"), int(result.get("steps", 0)))].append(result)
+    return tables
+
+
+def _metric_keys(rows: dict[tuple, list[dict[str, Any]]]) -> list[str]:
+    keys: list[str] = []
+    for runs in rows.values():
+        for run in runs:
+            for key in run["metrics"]:
+                if key not in keys and key != "overall":
+                    keys.append(key)
+    return ["overall"] + keys
+
+
+def _render(title: str, header: list[str], body: list[list[str]], note: str) -> tuple[str, str]:
+    md = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    md += ["| " + " | ".join(row) + " |" for row in body]
+    md += ["", note, ""]
+    escape = lambda s: s.replace("_", "\\_").replace("±", "$\\pm$").replace("%", "\\%")  # noqa: E731
+    tex = [f"% {title}", "\\begin{tabular}{" + "l" * 3 + "r" * (len(header) - 3) + "}", "\\toprule",
+           " & ".join(escape(h) for h in header) + " \\\\", "\\midrule"]
+    tex += [" & ".join(escape(c) for c in row) + " \\\\" for row in body]
+    tex += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(md), "\n".join(tex)
+
+
+def benchmark_tables(results: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Return {file stem: (markdown, latex)} with one table per benchmark version."""
+    out = {}
+    for (name, version, sha), rows in sorted(_grouped(results).items()):
+        keys = _metric_keys(rows)
+        header = ["model", "schedule", "steps", "seeds", "n_failed"] + keys
+        body = []
+        for (label, schedule, steps), runs in sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
+            seeds = ",".join(str((r.get("model") or {}).get("seed", r.get("seed"))) for r in runs)
+            failed = str(sum(int(r.get("n_failed", 0)) for r in runs))
+            body.append([label, schedule, str(steps), seeds, failed] + [_fmt([r["metrics"].get(k) for r in runs]) for k in keys])
+        header = header[:3] + header[3:]
+        note = (f"Benchmark {name} v{version}, prompt file SHA-256 {sha[:12]}; mean ± sample std over seeds; "
+                "failed samples count as incorrect.")
+        stem = f"{name}-v{version}-{sha[:8]}"
+        out[stem] = _render(f"{name} (v{version})", header, body, note)
+    return out
+
+
+def reported_table(path: Path = REPORTED) -> tuple[str, str] | None:
+    """Return the paper's reported numbers as a table, if the file exists."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    header = ["model", "source"] + [title for _, title in PAPER_COLUMNS]
+    body = [[row["model"], "reported"] + [("n/a" if row.get(k) is None else f"{row[k]:g}") for k, _ in PAPER_COLUMNS]
+            for row in data["rows"]]
+    return _render("Reward alignment and generalisation (reported by the paper)", header, body, f"Source: {data['source']}.")
+
+
+def steps_plot(results: list[dict[str, Any]], path: Path) -> bool:
+    """Plot overall score against steps for each label (the shapes benchmark); return False if no data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        if result.get("partial") or result["benchmark"]["name"] != "shapes":
+            continue
+        series[f"{_label(result)} ({result.get('schedule')})"][int(result["steps"])].append(result["metrics"]["overall"])
+    if not any(len(points) > 1 for points in series.values()):
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, points in sorted(series.items()):
+        steps = sorted(points)
+        means = [np.mean(points[s]) for s in steps]
+        stds = [np.std(points[s]) for s in steps]
+        ax.errorbar(steps, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xlabel("decoding steps T")
+    ax.set_ylabel("held-out shapes score (GenEval rules)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
+def render_all(results_dir: Path, out_dir: Path) -> list[Path]:
+    """Write every table (and the plot) for ``results_dir`` into ``out_dir``."""
+    results = load_results(results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    tables = benchmark_tables(results)
+    reported = reported_table()
+    if reported is not None:
+        tables["reported"] = reported
+    for stem, (md, tex) in tables.items():
+        for suffix, text in ((".md", md), (".tex", tex)):
+            path = out_dir / f"{stem}{suffix}"
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+    if steps_plot(results, out_dir / "quality_vs_steps.png"):
+        written.append(out_dir / "quality_vs_steps.png")
+    return written
+
+
+def build_tables(results_dir: Path) -> list[Path]:
+    """Rebuild ``results_dir/tables``."""
+    return render_all(results_dir, results_dir / TABLE_DIR)
+
+
+def check_tables(results_dir: Path) -> list[str]:
+    """Return the Markdown and LaTeX table files that differ from a fresh build (the PNG is not compared)."""
+    committed = results_dir / TABLE_DIR
+    with tempfile.TemporaryDirectory() as scratch:
+        fresh = Path(scratch)
+        render_all(results_dir, fresh)
+        stale = []
+        names = {p.name for p in fresh.glob("*") if p.suffix in {".md", ".tex"}}
+        names |= {p.name for p in committed.glob("*") if p.suffix in {".md", ".tex"}} if committed.exists() else set()
+        for name in sorted(names):
+            a, b = fresh / name, committed / name
+            if not (a.exists() and b.exists()) or a.read_text(encoding="utf-8") != b.read_text(encoding="utf-8"):
+                stale.append(name)
+        return stale

@@ -1,0 +1,88 @@
+"""Pretraining smoke runs and the real ``cogrpo`` entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cogrpo.models.shapes import weights_available
+
+
+def test_short_vq_run_lowers_loss(tmp_path):
+    from cogrpo.pretrain import VQTrainConfig, train_vq
+
+    _, stats = train_vq(VQTrainConfig(steps=60, finetune_steps=0, batch_size=8), tmp_path / "vqvae", log_every=1000)
+    assert stats["final_loss"] < stats["first_loss"] * 0.7
+
+
+def test_short_mdm_run_lowers_loss(tmp_path, random_shapes_dir):
+    import shutil
+
+    from cogrpo.pretrain import MDMTrainConfig, train_mdm
+
+    shutil.copytree(random_shapes_dir / "vqvae", tmp_path / "vqvae")
+    _, _, history = train_mdm(MDMTrainConfig(steps=40, batch_size=16, warmup_steps=5, save_every=40), tmp_path, log_every=1000)
+    assert np.mean(history[-10:]) < np.mean(history[:10]) - 0.3
+    assert (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+    assert (tmp_path / "token_map.json").exists()
+
+
+def _cogrpo(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "cogrpo", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_help_everywhere():
+    for command in ([], ["train"], ["eval"], ["sample"], ["pretrain"], ["score"], ["tables"], ["list"]):
+        out = _cogrpo(*command, "--help")
+        assert out.returncode == 0, out.stderr
+        assert "Usage" in out.stdout
+
+
+def test_cli_list_shows_entries():
+    out = _cogrpo("list")
+    assert out.returncode == 0, out.stderr
+    for name in ("shapes", "amused-256", "meissonic", "hps", "imagereward", "dpg"):
+        assert name in out.stdout
+
+
+@pytest.mark.skipif(not weights_available(), reason="the embedded weights are not in this checkout")
+def test_cli_sample_writes_images(tmp_path):
+    out = _cogrpo("sample", "--prompt", "a photo of a red circle", "--n", "2", "--steps", "4", "--out", str(tmp_path), "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000-000.png", "000-001.png", "grid.png"]
+    assert json.loads((tmp_path / "prompts.json").read_text())["n"] == 2
+
+
+def test_cli_eval_then_tables(tmp_path, random_shapes_dir):
+    out = _cogrpo("eval", "--model-path", str(random_shapes_dir), "--steps", "2", "--limit", "2", "--images-per-prompt", "1",
+                  "--device", "cpu", "--out", str(tmp_path / "eval"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "eval" / "result.json").read_text())
+    assert result["partial"] is True
+    assert result["n_samples"] == 2
+
+
+def test_cli_unknown_benchmark_fails(tmp_path):
+    out = _cogrpo("eval", "--bench", "shapez", "--out", str(tmp_path))
+    assert out.returncode == 2
+    assert "Did you mean 'shapes'" in " ".join(out.stdout.split())
+
+
+def test_cli_score_reports_bad_image(tmp_path):
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"truncated")
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}))
+    out = _cogrpo("score", "--reward", "shapes", "--prompt", "a photo of a circle", "--metadata", str(meta), str(good), str(bad))
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "nan" in text
+    assert "0.000000" in text

@@ -1,0 +1,105 @@
+"""Training runs through the real command line: resume after SIGKILL, two processes, bad options."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cogrpo.rl.config import TrainConfig
+from cogrpo.rl.run import train
+
+
+def _options(model_dir: Path, out: Path, iterations: int) -> list[str]:
+    return ["--model-path", str(model_dir), "--iterations", str(iterations), "--prompts-per-iteration", "2",
+            "--group-size", "2", "--steps", "3", "--chunk-size", "4", "--lr-model", "1e-3", "--device", "cpu",
+            "--out", str(out), "--seed", "4", "--checkpoint-every", "1", "--no-final-eval"]
+
+
+def _config(model_dir: Path, out: Path, iterations: int) -> TrainConfig:
+    return TrainConfig(model_path=str(model_dir), iterations=iterations, prompts_per_iteration=2, group_size=2, steps=3,
+                       chunk_size=4, lr_model=1e-3, device="cpu", out=str(out), seed=4, checkpoint_every=1,
+                       final_eval=False)
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    newest = sorted(run.glob("checkpoint-*"))[-1]
+    return {**load_file(str(newest / "model.safetensors")), **{f"schedule.{k}": v for k, v in load_file(str(newest / "schedule.safetensors")).items()}}
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path, random_shapes_dir):
+    reference = tmp_path / "reference"
+    train(_config(random_shapes_dir, reference, 4), progress=False)
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "cogrpo", "train", *_options(random_shapes_dir, killed, 4)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed / "checkpoint-00000002").exists():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run([sys.executable, "-m", "cogrpo", "train", "--resume", str(killed)], capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    expected = _final_weights(reference)
+    actual = _final_weights(killed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["resumes"][0]["iteration"] >= 2
+
+
+def test_resume_rejects_changed_config(tmp_path, random_shapes_dir):
+    run = tmp_path / "run"
+    train(_config(random_shapes_dir, run, 1), progress=False)
+    changed = _config(random_shapes_dir, run, 2)
+    changed.clip_range = 0.3
+    from cogrpo.rl.run import ResumeMismatchError
+
+    with pytest.raises(ResumeMismatchError, match="changed: clip_range"):
+        train(changed, resume=run, progress=False)
+
+
+def test_two_processes_match_one(tmp_path, random_shapes_dir):
+    single = tmp_path / "single"
+    train(_config(random_shapes_dir, single, 2), progress=False)
+    double = tmp_path / "double"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29641", "-m", "cogrpo", "train"]
+    out = subprocess.run([*launch, *_options(random_shapes_dir, double, 2)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one, two = _final_weights(single), _final_weights(double)
+    state = json.loads((sorted(double.glob("checkpoint-*"))[-1] / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    # Gradients are summed in a different order (per-rank partial sums, then an all-reduce), so
+    # the float32 results agree to rounding, not bit for bit.
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-6, rtol=1e-5), key
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--group-size", "1"], "invalid group_size=1"),
+        (["--steps", "0"], "invalid steps=0"),
+        (["--reward", "hsp"], "Did you mean 'hps'"),
+        (["--mode", "joint"], "invalid mode='joint'"),
+    ],
+)
+def test_invalid_options_fail_before_rollout(tmp_path, args, message):
+    out = subprocess.run([sys.executable, "-m", "cogrpo", "train", "--out", str(tmp_path / "run"), *args],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert message in " ".join(out.stdout.split())
+    assert not (tmp_path / "run").exists()

@@ -342,7 +342,8 @@ def score(
 
 @app.command()
 def reproduce(
-    out: Path = typer.Option(Path("results/shapes"), help="Folder for the result files, tables and plot."),
+    out: Path = typer.Option(Path("results/shapes"), help="Folder for the result files."),
+    tables_root: Path = typer.Option(Path("results"), help="Results folder whose tables (and plot) are rebuilt at the end."),
     work: Path = typer.Option(Path("outputs/reproduce"), help="Folder for runs, images and per-sample scores."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     iterations: int = typer.Option(25, help="Training iterations per run (equal for every arm)."),
@@ -350,7 +351,7 @@ def reproduce(
     images_per_prompt: int = typer.Option(1, help="Images per held-out prompt in each evaluation."),
     model_path: Optional[str] = typer.Option(None, help="Base model folder (default: the embedded weights)."),
 ) -> None:
-    """Reproduce the paper's comparisons in miniature: Co-GRPO, naive GRPO, schedule-only and the base."""
+    """Reproduce the comparisons of the Co-GRPO paper (arXiv 2512.22288) in miniature: Co-GRPO, naive GRPO, schedule-only, base."""
     _setup_logging(False)
     from cogrpo.evaluation.reproduce import ReproductionPlan
     from cogrpo.evaluation.reproduce import reproduce as run
@@ -363,7 +364,7 @@ def reproduce(
         _fail(f"invalid --seeds {seeds!r} or --sweep-steps {sweep_steps!r}; expected comma-separated integers")
     if 12 not in plan.sweep_steps:
         plan.train_steps = max(plan.sweep_steps)
-    written = run(plan, out, work)
+    written = run(plan, out, work, tables_root)
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 

@@ -5,8 +5,8 @@ seeded, so a run is reproducible), never drawing a held-out colour-shape pair.
 
 * ``train_vq``: a ``VQModel`` with a pixel loss that weights object pixels more
   than the background, the quantiser's commitment loss, and restarts of unused
-  codebook entries from current encoder outputs; then a second phase that adds
-  an L1 term (sharper edges) with a fresh learning-rate cycle.
+  codebook entries from current encoder outputs. A second phase then adds an L1
+  term (sharper edges) with a fresh learning-rate cycle.
 * ``train_mdm``: aMUSEd's masked-token objective: a masking ratio
   ``cos(pi/2 * u)`` with ``u ~ U(0, 1)``, cross-entropy on masked tokens, and the
   prompt replaced by the empty prompt with probability ``cond_dropout`` so that

@@ -86,3 +86,18 @@ def test_cli_score_reports_bad_image(tmp_path):
     text = " ".join(out.stdout.split())
     assert "nan" in text
     assert "0.000000" in text
+
+
+def test_reproduction_smoke_writes_tables(tmp_path, random_shapes_dir):
+    from cogrpo.evaluation.reproduce import ReproductionPlan, reproduce
+
+    plan = ReproductionPlan(seeds=(0,), iterations=1, train_steps=2, sweep_steps=(2,), images_per_prompt=1,
+                            model_path=str(random_shapes_dir),
+                            train_overrides={"prompts_per_iteration": 2, "group_size": 2, "chunk_size": 4})
+    written = reproduce(plan, tmp_path / "results" / "shapes", tmp_path / "work", tmp_path / "results")
+    names = {p.name for p in written}
+    assert "reported.md" in names
+    table = next(p for p in written if p.name.startswith("shapes-") and p.suffix == ".md").read_text()
+    for label in ("base", "co-grpo", "naive-grpo", "schedule-only"):
+        assert f"| {label} |" in table
+    assert "learned" in table

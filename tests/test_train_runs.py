@@ -103,3 +103,32 @@ def test_invalid_options_fail_before_rollout(tmp_path, args, message):
     assert out.returncode == 2
     assert message in " ".join(out.stdout.split())
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_checkpoint_reloads_same_samples(tmp_path, random_shapes_dir):
+    from cogrpo.rl.run import load_trained
+    from cogrpo.sampling.sampler import image_generators, sample
+
+    config = _config(random_shapes_dir, tmp_path / "lora", 1)
+    config.lora_rank = 4
+    config.lr_model = 1e-2
+    summary = train(config, progress=False)
+    trainer = summary["_trainer"]
+    adapter = [name for name, p in trainer.unwrapped_transformer.named_parameters() if p.requires_grad]
+    assert adapter and all("lora_" in name for name in adapter)
+    prompts = ["a photo of a red circle", "a photo of two crosses"]
+    expected = sample(trainer.backend, prompts, image_generators([1, 2]), steps=3)
+    backend, _, info = load_trained(tmp_path / "lora", "cpu")
+    actual = sample(backend, prompts, image_generators([1, 2]), steps=3)
+    assert torch.equal(actual.tokens, expected.tokens)
+    assert info["iteration"] == 1
+
+
+def test_preset_without_weights_fails_clearly(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "cogrpo", "train", "--config", "amused-512-hps", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2
+    text = " ".join(out.stdout.split())
+    assert "amused/amused-512" in text
+    assert "--model-path" in text

@@ -1,10 +1,10 @@
-"""The paper's comparisons in miniature, on the embedded shapes world.
+"""The comparisons of the Co-GRPO paper (arXiv 2512.22288) in miniature, on the embedded shapes world.
 
-Trains Co-GRPO (``co``), naive GRPO (``model``: the model with the default
-schedule) and schedule-only (``schedule``: frozen model) from the same base
-with the same budget for each seed, evaluates every run and the base on the
+For each seed, Co-GRPO (``co``), naive GRPO (``model``: the model with the
+default schedule) and schedule-only (``schedule``: frozen model) train from the
+same base with the same budget. Every run and the base are evaluated on the
 held-out shapes benchmark at the training step count and over a sweep of step
-counts, and writes result files, tables and the plot under the results folder.
+counts. Result files, tables and the plot go under the results folder.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ class ReproductionPlan:
     images_per_prompt: int = 1
     eval_seed: int = 0
     model_path: str | None = None
+    train_overrides: dict = field(default_factory=dict)
 
 
 def _evaluate(backend, schedule, stem: str, schedule_name: str, steps: int, plan: ReproductionPlan,
@@ -51,8 +52,8 @@ def _evaluate(backend, schedule, stem: str, schedule_name: str, steps: int, plan
     atomic_write_json(results / f"{stem}-T{steps}-{schedule_name}.json", result)
 
 
-def reproduce(plan: ReproductionPlan, results: Path, work: Path) -> list[Path]:
-    """Run the whole comparison; returns the table files written."""
+def reproduce(plan: ReproductionPlan, results: Path, work: Path, tables_root: Path | None = None) -> list[Path]:
+    """Run the whole comparison and rebuild the tables of ``tables_root`` (default: ``results``)."""
     results.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu")
@@ -67,7 +68,7 @@ def reproduce(plan: ReproductionPlan, results: Path, work: Path) -> list[Path]:
                 shutil.rmtree(run_dir)
             config = TrainConfig(mode=mode, seed=seed, iterations=plan.iterations, steps=plan.train_steps,
                                  model_path=plan.model_path, device="cpu", out=str(run_dir), final_eval=False,
-                                 checkpoint_every=0)
+                                 checkpoint_every=0, **plan.train_overrides)
             train(config, progress=False)
             backend, policy, info = load_trained(run_dir, device)
             # Rows are labelled by arm; the seed is recorded and the tables average over seeds.
@@ -77,7 +78,6 @@ def reproduce(plan: ReproductionPlan, results: Path, work: Path) -> list[Path]:
                 _evaluate(backend, None, label, "default", steps, plan, work, results, info)
             if mode != "model":
                 _evaluate(backend, policy, label, "learned", plan.train_steps, plan, work, results, info)
-    (results / "PLAN.json").write_text(json.dumps({"plan": plan.__dict__ | {"seeds": list(plan.seeds),
-                                                                            "sweep_steps": list(plan.sweep_steps)}},
-                                                  indent=2) + "\n")
-    return build_tables(results)
+    plan_record = dict(plan.__dict__, seeds=list(plan.seeds), sweep_steps=list(plan.sweep_steps))
+    (results / "PLAN.json").write_text(json.dumps({"plan": plan_record}, indent=2) + "\n")
+    return build_tables(tables_root or results)

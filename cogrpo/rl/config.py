@@ -39,8 +39,8 @@ class TrainConfig:
     schedule_inner_epochs: int = 4
     lora_rank: int = 0
     lora_alpha: float | None = None
-    lr_model: float = 3e-5
-    lr_schedule: float = 3e-2
+    lr_model: float = 3e-4
+    lr_schedule: float = 5e-2
     weight_decay: float = 0.0
     clip_range: float = 0.2
     kl_weight: float = 0.0
@@ -116,8 +116,15 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Load a YAML preset; keys must be field names (typos fail with the allowed names)."""
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        """Load a YAML file or a packaged preset name; keys must be field names (typos fail with the allowed names)."""
+        path = Path(path)
+        if not path.exists():
+            packaged = Path(__file__).resolve().parent.parent / "presets" / f"{path.stem}.yaml"
+            if not packaged.exists():
+                presets = sorted(p.stem for p in packaged.parent.glob("*.yaml"))
+                raise ValueError(f"config {str(path)!r} not found; pass a YAML file or one of the presets: {', '.join(presets)}")
+            path = packaged
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of option names to values")
         data.pop("sources", None)

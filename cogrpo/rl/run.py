@@ -180,7 +180,12 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkp
     from cogrpo.sampling.schedule import SchedulePolicy
 
     run_dir = Path(run_dir)
-    path = Path(checkpoint) if checkpoint else (run_dir if (run_dir / TRAINER_STATE).exists() else latest_valid_checkpoint(run_dir))
+    if checkpoint:
+        path = Path(checkpoint)
+    elif (run_dir / TRAINER_STATE).exists():
+        path = run_dir
+    else:
+        path = latest_valid_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"no valid checkpoint found in {run_dir}; expected checkpoint-<iteration> folders written by `cogrpo train`")
     manifest = verify_checkpoint(path)
@@ -199,7 +204,8 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkp
             if "lora_" in name:
                 p.requires_grad_(True)
     else:
-        backend.transformer.requires_grad_(True)
+        backend.transformer.requires_grad_(config.mode != "schedule")
+    # A schedule-only run trains no model parameter, so its model file is empty and the base stays as is.
     load_trainable_state(backend.transformer, load_file(str(path / "model.safetensors")))
     backend.transformer.requires_grad_(False).eval()
     policy = SchedulePolicy(backend.default_schedule(config.steps), learn=config.schedule_knobs,

@@ -7,11 +7,12 @@ One iteration:
 2. roll out G images per prompt with the current model and schedule policy
    (one CPU generator per image, seeded from (seed, iteration, image index));
 3. decode, score, and turn rewards into group-relative advantages;
-4. update the phase's parameters: the model phase recomputes the log-probability
-   of the tokens committed at a random subset of steps (same chunks, guidance
-   and temperatures as the rollout) and minimises the clipped ratio objective,
-   plus an optional k3 KL to the reference model; the schedule phase does the
-   same with the schedule policy's log-probabilities of the recorded actions.
+4. update the phase's parameters. The model phase recomputes the
+   log-probability of the tokens committed at a random subset of steps, with
+   the same chunks, guidance and temperatures as the rollout. It minimises the
+   clipped ratio objective plus an optional k3 KL to the reference model. The
+   schedule phase does the same with the schedule policy's log-probabilities of
+   the recorded actions.
 
 Every random choice is a function of (seed, iteration), so a resumed run
 repeats what an uninterrupted run would do.
@@ -53,7 +54,7 @@ def derive_seed(*parts: int) -> int:
 
 @dataclass
 class IterationResult:
-    """What one iteration did, for logs and tests."""
+    """The outcome of one iteration (rewards, advantages, metrics), for logs and tests."""
 
     iteration: int
     phase: str

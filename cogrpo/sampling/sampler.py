@@ -10,8 +10,8 @@ the four knobs exposed):
 3. confidence = ``log p(sampled) + tau_r * Gumbel``; committed positions get
    infinite confidence, so they are never re-masked;
 4. the ``mask_len = floor(L * mask_ratio)`` least confident positions are
-   re-masked, with ``mask_len`` clamped so that at least one token is revealed
-   and, before the last step, at least one stays masked; the last step reveals
+   re-masked. ``mask_len`` is clamped so that at least one token is revealed
+   and, before the last step, at least one stays masked. The last step reveals
    everything.
 
 Each image has its own ``torch.Generator``, used in the same order as aMUSEd's
@@ -40,11 +40,11 @@ NOT_COMMITTED = -1
 class Trajectory:
     """A compact record of sampled decodes.
 
-    ``tokens`` (B, L) are the final tokens, ``commit_step`` (B, L) the step at
-    which each position was committed, ``actions`` (B, T, 4) the knob values
-    used, ``raw_actions`` (B, T, 4) the unconstrained schedule actions (None for
-    a fixed schedule), ``model_logp`` and ``schedule_logp`` (B, T) the rollout
-    log-probabilities of the two policy parts.
+    ``tokens`` (B, L) are the final tokens and ``commit_step`` (B, L) the step
+    at which each position was committed. ``actions`` (B, T, 4) are the knob
+    values used and ``raw_actions`` (B, T, 4) the unconstrained schedule actions
+    (None for a fixed schedule). ``model_logp`` and ``schedule_logp`` (B, T) are
+    the rollout log-probabilities of the two policy parts.
     """
 
     prompts: list[str]

@@ -26,8 +26,6 @@ Facts taken from the official code and the hub files:
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import logging
 import math
 import os
@@ -51,6 +49,8 @@ from diffusers.models.unets.uvit_2d import ConvMlmLayer, UVit2DConvEmbed
 from diffusers.models.upsampling import Upsample2D
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from torch import nn
+
+from cogrpo.models.amused import build_clip_tokenizer
 
 from cogrpo.models.base import DefaultSchedule, PromptEmbeddings, cosine_mask_ratio
 from cogrpo.rewards.base import MissingWeightsError
@@ -81,6 +81,7 @@ DEFAULT_GUIDANCE = 9.0
 DEFAULT_REMASK_TEMPERATURE = (2.0, 0.0)
 # The fifth micro-condition, the pipeline's default. Training fed an HPS score in this slot.
 DEFAULT_SCORE = 6.0
+
 TEXT_MAX_LENGTH = 77
 MICRO_COND_COUNT = 5
 MICRO_COND_ENCODE_DIM = 256  # hard-coded in the official transformer: 5 x 256 = 1280 dims
@@ -527,49 +528,6 @@ class MeissonicBackend:
 
 
 # ---------------------------------------------------------------------------- tokenizer
-
-
-def _byte_to_unicode() -> dict[int, str]:
-    """Return the GPT-2/CLIP byte-to-character table, in the order that fixes the first 256 vocabulary ids."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {byte: chr(byte) for byte in printable}
-    extra = 0
-    for byte in range(256):
-        if byte not in table:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def open_clip_bpe_path() -> Path:
-    """Return the path of the CLIP BPE merges file bundled with open_clip, without importing open_clip."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "open_clip is not installed; install open-clip-torch to build the CLIP tokenizer offline"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"the CLIP BPE file is missing at {path}; reinstall open-clip-torch")
-    return path
-
-
-def build_clip_tokenizer(model_max_length: int = TEXT_MAX_LENGTH):
-    """Build the real CLIP tokenizer (49,408 tokens) offline from open_clip's bundled BPE file.
-
-    The ids equal those of the hub CLIP tokenizers: 256 byte tokens, the same
-    with "</w>", 48,894 merges, then ``<|startoftext|>`` and ``<|endoftext|>``.
-    """
-    from transformers import CLIPTokenizer
-
-    with gzip.open(open_clip_bpe_path(), "rt", encoding="utf-8") as file:
-        lines = file.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    byte_tokens = list(_byte_to_unicode().values())
-    tokens = byte_tokens + [token + "</w>" for token in byte_tokens] + ["".join(merge) for merge in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
 # ---------------------------------------------------------------------------- loading

@@ -97,6 +97,21 @@ def pretrain(
     console.print(f"pretrained weights written to {target}")
 
 
+def _load_model(model: str, model_path: Optional[str], checkpoint: Optional[Path], schedule: str, steps: int, device):
+    """Load a registered backend, or a trained run with its schedule policy; returns (backend, policy, info)."""
+    from cogrpo.rl.config import TrainConfig
+    from cogrpo.rl.run import build_backend, load_trained
+
+    if checkpoint is not None:
+        backend, policy, info = load_trained(checkpoint, device)
+        if schedule == "learned" and policy.steps != steps:
+            _fail(f"the learned schedule has {policy.steps} steps; pass --steps {policy.steps}")
+        return backend, policy, info
+    if schedule == "learned":
+        _fail("--schedule learned needs --checkpoint RUN_DIR")
+    return build_backend(TrainConfig(model=model, model_path=model_path), device), None, {}
+
+
 def _safe_out(out: Path) -> Path:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -121,8 +136,7 @@ def sample(
     import numpy as np
     from PIL import Image
 
-    from cogrpo.rl.config import TrainConfig
-    from cogrpo.rl.run import build_backend, load_trained, resolve_device
+    from cogrpo.rl.run import resolve_device
     from cogrpo.rl.trainer import derive_seed
     from cogrpo.sampling.sampler import image_generators
     from cogrpo.sampling.sampler import sample as run_sampler
@@ -132,15 +146,7 @@ def sample(
     if schedule not in {"default", "learned"}:
         _fail(f"invalid --schedule {schedule!r}; allowed: default, learned")
     dev = resolve_device(device)
-    policy = None
-    if checkpoint is not None:
-        backend, policy, _ = load_trained(checkpoint, dev)
-        if schedule == "learned" and policy.steps != steps:
-            _fail(f"the learned schedule has {policy.steps} steps; pass --steps {policy.steps}")
-    else:
-        if schedule == "learned":
-            _fail("--schedule learned needs --checkpoint RUN_DIR")
-        backend = build_backend(TrainConfig(model=model, model_path=str(model_path) if model_path else None), dev)
+    backend, policy, _ = _load_model(model, str(model_path) if model_path else None, checkpoint, schedule, steps, dev)
     out = _safe_out(out)
     jobs = [(i, k) for i in range(len(prompt)) for k in range(n)]
     seeds = [derive_seed(seed, i, k) for i, k in jobs]
@@ -273,8 +279,7 @@ def evaluate(
     _setup_logging(False)
     from cogrpo.catalog import BENCHMARKS
     from cogrpo.evaluation.runner import EvalRequest, run_benchmark
-    from cogrpo.rl.config import TrainConfig
-    from cogrpo.rl.run import build_backend, load_trained, make_accelerator, resolve_device
+    from cogrpo.rl.run import make_accelerator, resolve_device
 
     if schedule not in {"default", "learned"}:
         _fail(f"invalid --schedule {schedule!r}; allowed: default, learned")
@@ -288,15 +293,8 @@ def evaluate(
     accelerator = make_accelerator(dev)
     backend, policy, info = None, None, {"name": model}
     if not score_only:
-        if checkpoint is not None:
-            backend, policy, info = load_trained(checkpoint, dev)
-            if schedule == "learned" and policy.steps != steps:
-                _fail(f"the learned schedule has {policy.steps} steps; pass --steps {policy.steps}")
-        else:
-            if schedule == "learned":
-                _fail("--schedule learned needs --checkpoint RUN_DIR")
-            backend = build_backend(TrainConfig(model=model, model_path=model_path), dev)
-        info = {**info, "name": getattr(backend, "name", model), "revision": getattr(backend, "revision", None)}
+        backend, policy, loaded = _load_model(model, model_path, checkpoint, schedule, steps, dev)
+        info = {**info, **loaded, "name": getattr(backend, "name", model), "revision": getattr(backend, "revision", None)}
     request = EvalRequest(steps=steps, seed=seed, images_per_prompt=images_per_prompt, limit=limit,
                           batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info)
     result = run_benchmark(suite, request, out.resolve(), backend, policy if schedule == "learned" else None, accelerator)

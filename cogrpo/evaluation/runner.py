@@ -46,7 +46,7 @@ class EvalCounters:
 
 @dataclass
 class EvalRequest:
-    """What to evaluate and how."""
+    """Settings of one evaluation: steps, seed, images per prompt, limit and batch size."""
 
     steps: int
     seed: int = 0

@@ -66,7 +66,7 @@ def _sha256_entries(entries: list[dict[str, Any]]) -> str:
 
 
 def shapes_suite() -> BenchmarkSuite:
-    """The held-out shapes benchmark: GenEval rules with the shapes detector, 4 images per prompt."""
+    """Build the held-out shapes benchmark: GenEval rules with the shapes detector, 4 images per prompt."""
     from importlib import resources
 
     from cogrpo.rewards.shapes import StrictShapesReward

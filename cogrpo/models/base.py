@@ -67,7 +67,7 @@ def cosine_mask_ratio(steps: int) -> torch.Tensor:
 
 @runtime_checkable
 class MaskedImageBackend(Protocol):
-    """What the sampler and trainer need from a masked image model."""
+    """The interface the sampler and trainer use to drive a masked image model."""
 
     name: str
     grid: tuple[int, int]

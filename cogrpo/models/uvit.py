@@ -51,7 +51,7 @@ class UVitBackend:
         self.device = torch.device(device)
         self.revision = revision
         height, width = image_size
-        # aMUSEd's pipeline passes width before height (its comment says so deliberately).
+        # aMUSEd's pipeline passes width before height on purpose, as a comment in it notes.
         self.micro_conds = torch.tensor([[width, height, 0, 0, aesthetic_score]], dtype=torch.float32)
         self.to(self.device)
         self.vq.eval()

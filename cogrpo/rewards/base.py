@@ -29,7 +29,7 @@ class MissingWeightsError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """Where a scorer's weights come from: a hub file at a pinned revision, or a local path."""
+    """The source of a scorer's weights: a hub file at a pinned revision, or a local path."""
 
     repo_id: str
     filename: str

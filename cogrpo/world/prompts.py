@@ -12,7 +12,7 @@ Three prompt sources share one builder:
 
 The world has only four shape classes, so tags with few distinct prompts
 (single_object has four) repeat a prompt string on several rows of the
-evaluation set; each row has its own index and therefore its own image seeds.
+evaluation set. Each row has its own index and therefore its own image seeds.
 """
 
 from __future__ import annotations

@@ -83,10 +83,53 @@ REWARDS.register(
     description="DPG-Bench: VQA yes/no questions with dependency zeroing over 2x2 grids; official bugs fixed unless legacy",
     weights="VQA model (BLIP by default, not comparable with published numbers; mPLUG optional)",
 )
+REWARDS.register(
+    "geneval",
+    "cogrpo.rewards.geneval:GenEvalScorer",
+    description="GenEval judging (1 if correct else 0) with Mask2Former (transformers) and the CLIP colour classifier",
+    weights="facebook/mask2former-swin-small-coco-instance + open_clip ViT-L-14 openai",
+)
+REWARDS.register(
+    "geneval-partial",
+    "cogrpo.rewards.geneval:PartialGenEvalScorer",
+    description="GenEval judging with partial credit in [0, 1]: mean of the count, colour, position and exclusion credits",
+    weights="facebook/mask2former-swin-small-coco-instance + open_clip ViT-L-14 openai",
+)
 
 BENCHMARKS = Registry("benchmark")
 BENCHMARKS.register(
     "shapes",
     "cogrpo.evaluation.suites:shapes_suite",
     description="held-out shapes prompts (GenEval format), 4 images each, GenEval judging with the shapes detector",
+)
+BENCHMARKS.register(
+    "geneval",
+    "cogrpo.evaluation.suites:geneval_suite",
+    description="GenEval (djghosh13/geneval, 553 prompts, 4 images each); --detector mask2former (default, close to "
+    "but not identical with official numbers), mmdet (official) or shapes",
+)
+BENCHMARKS.register(
+    "hps",
+    "cogrpo.evaluation.official_suites:hps_suite",
+    description="HPD v2 benchmark (zhwang/HPDv2, 4 styles x 800 prompts), 1 image each as <style>/<index:05d>.jpg; "
+    "HPS v2.1 x 100 per style, overall = mean of the styles",
+)
+BENCHMARKS.register(
+    "imagereward",
+    "cogrpo.evaluation.official_suites:imagereward_suite",
+    description="ImageReward benchmark (THUDM/ImageReward, 100 DiffusionDB prompts), 10 images each as <id>_<k>.png; "
+    "mean over prompts of the mean ImageReward v1.0",
+)
+BENCHMARKS.register(
+    "dpg",
+    "cogrpo.evaluation.official_suites:dpg_suite",
+    description="DPG-Bench (TencentQQGYLab/ELLA, 1,065 dense prompts), one 2x2 grid of 4 images each as <item_id>.png; "
+    "VQA score x 100 overall and per category, official bugs fixed; --vqa blip (default, not comparable with "
+    "published numbers) or mplug (official)",
+)
+BENCHMARKS.register(
+    "dpg-legacy",
+    "cogrpo.evaluation.official_suites:dpg_legacy_suite",
+    description="DPG-Bench scored as the official script does, bugs kept (first CSV row skipped, failures dropped, "
+    "categories from the last tile); with --vqa mplug it follows the script behind the published numbers",
 )

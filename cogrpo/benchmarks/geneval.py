@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from cogrpo.benchmarks import download
+from cogrpo.benchmarks.download import PinnedFile
+
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
@@ -370,3 +373,62 @@ def partial_credit(
     for clause in metadata.get("exclude", []):
         credits.append(1.0 if len(detected.get(clause["class"], [])) < clause["count"] else 0.0)
     return float(np.clip(np.mean(credits), 0.0, 1.0)) if credits else 0.0
+
+
+# --------------------------------------------------------------------------- official files
+
+# Environment variable naming a folder with unmodified copies of evaluation_metadata.jsonl and object_names.txt.
+OFFICIAL_DATA_ENV = "COGRPO_GENEVAL_DIR"
+
+
+def official_pinned_files() -> tuple[PinnedFile, PinnedFile]:
+    """Return the ``PinnedFile`` of the official metadata and of the object names."""
+    return (
+        PinnedFile(OFFICIAL_REPO, OFFICIAL_COMMIT, OFFICIAL_METADATA_PATH, sha256=OFFICIAL_METADATA_SHA256),
+        PinnedFile(OFFICIAL_REPO, OFFICIAL_COMMIT, OFFICIAL_OBJECT_NAMES_PATH, sha256=OFFICIAL_OBJECT_NAMES_SHA256),
+    )
+
+
+def fetch_official_files(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    timeout: float = 60.0,
+) -> tuple[Path, Path]:
+    """Return the paths of the official metadata and object names, checked against their pinned SHA-256.
+
+    ``data_dir`` (default: the folder in ``$COGRPO_GENEVAL_DIR``, when set) is a
+    folder with local copies named ``evaluation_metadata.jsonl`` and
+    ``object_names.txt``. Without one, the files are downloaded from GitHub at
+    the pinned commit into ``cache_dir`` (default
+    ``$XDG_CACHE_HOME/cogrpo/geneval``), or ``FileNotFoundError`` is raised
+    when they are not cached and ``HF_HUB_OFFLINE`` is set. A checksum mismatch
+    raises ``ChecksumMismatchError``.
+    """
+    pinned = official_pinned_files()
+    folder = data_dir if data_dir is not None else os.environ.get(OFFICIAL_DATA_ENV) or None
+    if folder is not None:
+        paths = []
+        for item in pinned:
+            path = Path(folder) / Path(item.path).name
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} not found; copy {item.url} there, or unset {OFFICIAL_DATA_ENV} to download it"
+                )
+            download.verify_file(path, item, fix=f"Replace it with an unmodified copy of {item.url}.")
+            paths.append(path)
+        return paths[0], paths[1]
+    directory = Path(cache_dir) if cache_dir is not None else download.default_cache_dir("geneval")
+    option = f"a folder with the files in {OFFICIAL_DATA_ENV}"
+    metadata = download.fetch_pinned(pinned[0], directory, timeout=timeout, local_option=option)
+    names = download.fetch_pinned(pinned[1], directory, timeout=timeout, local_option=option)
+    return metadata, names
+
+
+def load_official_metadata(data_dir: str | os.PathLike[str] | None = None, **fetch_options: Any) -> list[dict[str, Any]]:
+    """Return the 553 official prompts, validated against the official 80 class names.
+
+    The files are found or fetched by ``fetch_official_files``.
+    """
+    metadata_path, names_path = fetch_official_files(data_dir, **fetch_options)
+    return load_metadata(metadata_path, allowed_classes=load_object_names(names_path))

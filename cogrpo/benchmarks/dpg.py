@@ -29,11 +29,9 @@ The official script has three bugs, fixed here unless ``legacy=True``:
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import os
-import urllib.request
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +41,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from cogrpo.benchmarks import download
+from cogrpo.benchmarks.download import PinnedFile
 from cogrpo.rewards.base import ImageLike, MissingWeightsError, Scorer, ScoreResult, to_rgb_array
 
 logger = logging.getLogger(__name__)
@@ -71,23 +71,6 @@ MPLUG_VQA_MODEL = "damo/mplug_visual-question-answering_coco_large_en"
 
 class QuestionFileError(ValueError):
     """A DPG-Bench question CSV that does not follow the official schema."""
-
-
-@dataclass(frozen=True)
-class PinnedFile:
-    """A file in a GitHub repository at a fixed commit, with its checksums when recorded."""
-
-    repo: str
-    commit: str
-    path: str
-    sha256: str | None = None
-    # Git's object id of the file (SHA-1 of "blob <size>\0" + content), as listed
-    # by `git ls-tree <commit>`.
-    git_blob_sha1: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"https://raw.githubusercontent.com/{self.repo}/{self.commit}/{self.path}"
 
 
 # NOTE: the CSV content was not available when this module was written, so its
@@ -286,36 +269,12 @@ def load_prompts(folder: str | os.PathLike[str]) -> dict[str, str]:
 
 def default_cache_dir() -> Path:
     """Return ``$XDG_CACHE_HOME/cogrpo/dpg_bench``, with ``~/.cache`` when the variable is unset."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cogrpo" / "dpg_bench"
-
-
-def _checksums(path: Path) -> tuple[str, str]:
-    """Return the SHA-256 and the git blob SHA-1 of a file."""
-    sha256 = hashlib.sha256()
-    blob = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha256.update(block)
-            blob.update(block)
-    return sha256.hexdigest(), blob.hexdigest()
+    return download.default_cache_dir("dpg_bench")
 
 
 def verify_file(path: str | os.PathLike[str], pinned: PinnedFile = QUESTIONS_FILE) -> None:
     """Check a file against the recorded SHA-256 and git blob id, raising ``ValueError`` on a mismatch."""
-    path = Path(path)
-    sha256, blob = _checksums(path)
-    if pinned.git_blob_sha1 is not None and blob != pinned.git_blob_sha1:
-        raise ValueError(
-            f"{path} has git blob id {blob}, expected {pinned.git_blob_sha1} for {pinned.url}. "
-            f"Delete the file and fetch it again."
-        )
-    if pinned.sha256 is None:
-        logger.warning("%s has SHA-256 %s, but no SHA-256 is recorded for %s to compare with", path, sha256, pinned.url)
-    elif sha256 != pinned.sha256:
-        raise ValueError(
-            f"{path} has SHA-256 {sha256}, expected {pinned.sha256} for {pinned.url}. Delete the file and fetch it again."
-        )
+    download.verify_file(path, pinned)
 
 
 def fetch_questions(
@@ -328,35 +287,7 @@ def fetch_questions(
     with ``verify_file``, on download and on every later call.
     """
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = directory / f"{Path(pinned.path).stem}-{pinned.commit[:12]}.csv"
-    if target.is_file():
-        verify_file(target, pinned)
-        return target
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
-        raise FileNotFoundError(
-            f"{target} is not cached and HF_HUB_OFFLINE is set. Download {pinned.url} to that path "
-            f"on a machine with access, or pass the CSV path directly."
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    try:
-        with urllib.request.urlopen(pinned.url, timeout=timeout) as response, partial.open("wb") as handle:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                handle.write(block)
-    except OSError as error:  # URLError and timeouts are OSError subclasses
-        partial.unlink(missing_ok=True)
-        raise OSError(f"could not download {pinned.url}: {error}. Download it by hand and pass its path.") from error
-    with partial.open("rb") as handle:
-        if handle.read(40).startswith(b"version https://git-lfs"):
-            partial.unlink()
-            raise OSError(f"{pinned.url} returned a Git LFS pointer, not the CSV; download the file from the GitHub web page")
-    try:
-        verify_file(partial, pinned)
-    except ValueError:
-        partial.unlink()
-        raise
-    partial.replace(target)
-    return target
+    return download.fetch_pinned(pinned, directory, timeout=timeout, local_option="the CSV path directly")
 
 
 # --------------------------------------------------------------------------- images
@@ -917,6 +848,7 @@ class DPGScorer(Scorer):
                 "item_id": record.item_id,
                 "tile_scores": record.tile_scores,
                 "answers": record.answers,
+                "category_scores": record.category_scores,
                 "legacy": self.legacy,
                 "comparable_with_published": self.comparable_with_published,
             }

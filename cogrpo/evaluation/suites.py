@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cogrpo.benchmarks.geneval import TAGS, summarize
+from cogrpo.evaluation.layouts import LAYOUTS, extra_files
 
 
 @dataclass
@@ -28,15 +29,36 @@ class BenchmarkSuite:
     layout: str = "geneval"
     categories: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    # Generated tiles per image file: 4 for DPG-Bench's 2x2 grids, else 1.
+    tiles: int = 1
+    # Keys of the scorer's per-image details that the score records keep even when
+    # they are not scalars (they must be JSON values).
+    detail_keys: tuple[str, ...] = ()
 
     def image_path(self, root: Path, index: int, sample: int) -> Path:
         """Return where image ``sample`` of prompt ``index`` lives, in the benchmark's official layout."""
         if self.layout == "geneval":
             return root / f"{index:05d}" / "samples" / f"{sample:05d}.png"
-        if self.layout == "hps":
-            style = self.entries[index].get("style", "all")
-            return root / style / f"{index:05d}-{sample}.jpg"
+        if self.layout in LAYOUTS:
+            return LAYOUTS[self.layout].image_path(root, self.entries[index], sample)
         return root / f"{index:05d}" / f"{sample:05d}.png"
+
+    def find_image(self, root: Path, index: int, sample: int) -> Path | None:
+        """Return the existing file of image ``sample`` of prompt ``index``, or None.
+
+        Layouts whose official scorer reads several image types (DPG-Bench) accept
+        each of them, so images from the official scripts are found.
+        """
+        if self.layout in LAYOUTS:
+            return LAYOUTS[self.layout].find_image(root, self.entries[index], sample)
+        path = self.image_path(root, index, sample)
+        return path if path.exists() else None
+
+    def extra_files(self, root: Path, images_per_prompt: int) -> list[dict[str, Any]] | None:
+        """List the files under ``root`` that are no image of the evaluation; None when the layout is not checked."""
+        if self.layout not in LAYOUTS:
+            return None
+        return extra_files(LAYOUTS[self.layout], root, self.entries, images_per_prompt)
 
     def write_prompt_files(self, root: Path, index: int) -> None:
         """Write the per-prompt files of the layout (GenEval: ``metadata.jsonl``)."""
@@ -84,6 +106,48 @@ def shapes_suite() -> BenchmarkSuite:
         aggregate=geneval_aggregate,
         layout="geneval",
         categories=TAGS,
+    )
+
+
+def geneval_suite(
+    detector: str = "mask2former",
+    *,
+    detector_weights: str | None = None,
+    clip_weights: str | None = None,
+    data_dir: str | None = None,
+) -> BenchmarkSuite:
+    """Build the official GenEval benchmark: 553 prompts, 4 images each, strict judging.
+
+    The metadata is djghosh13/geneval's ``prompts/evaluation_metadata.jsonl`` at
+    the pinned commit, checked against its pinned SHA-256 (see
+    ``cogrpo.benchmarks.geneval.fetch_official_files`` for where it is found).
+    ``detector`` is ``mask2former`` (transformers; close to, but not identical
+    with, the official numbers), ``mmdet`` (the official model) or ``shapes``.
+    The weights are checked here and loaded when scoring starts.
+    """
+    from functools import partial
+
+    from cogrpo.benchmarks.geneval import OFFICIAL_COMMIT, OFFICIAL_METADATA_SHA256, OFFICIAL_REPO, load_official_metadata
+    from cogrpo.benchmarks.geneval_detectors import DETECTOR_NAMES
+    from cogrpo.rewards.geneval import GenEvalScorer, check_weights_available
+
+    if detector not in DETECTOR_NAMES:
+        raise ValueError(f"unknown detector {detector!r}; allowed: {', '.join(DETECTOR_NAMES)}")
+    # Missing weights fail here, before any image is generated.
+    check_weights_available(detector, detector_weights=detector_weights, clip_weights=clip_weights)
+    return BenchmarkSuite(
+        name="geneval",
+        version=f"1/{detector}",
+        entries=load_official_metadata(data_dir),
+        prompt_sha256=OFFICIAL_METADATA_SHA256,
+        images_per_prompt=4,
+        make_scorer=partial(GenEvalScorer, strict=True, detector=detector,
+                            detector_weights=detector_weights, clip_weights=clip_weights),
+        aggregate=geneval_aggregate,
+        layout="geneval",
+        categories=TAGS,
+        info={"detector": detector, "metadata_source": f"{OFFICIAL_REPO}@{OFFICIAL_COMMIT}",
+              "comparable_with_official": detector == "mmdet"},
     )
 
 

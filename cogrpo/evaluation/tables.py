@@ -3,14 +3,17 @@
 Result files are the ``result.json`` files of ``cogrpo eval`` (copied under
 ``results/``). Rows that share a label (``model.label``), schedule and step
 count but differ in seed are averaged and shown as mean ± std over seeds.
-Partial runs (``--limit``) and runs of different benchmark versions or prompt
-files never share a table: each (benchmark, version, prompt hash) gets its own
-table, and partial runs are left out. The paper's reported numbers come from
-``evals/reported.json`` and appear as rows marked "reported".
+Partial runs (``--limit``) and runs of different benchmark versions, prompt
+files or scorers never share a table: each (benchmark, version, prompt hash,
+scorer label) gets its own table, and partial runs are left out. The
+reward-alignment table puts ImageReward and HPS v2 side by side. The paper's
+reported numbers come from ``evals/reported.json`` and appear as rows marked
+"reported".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -23,6 +26,8 @@ import numpy as np
 TABLE_DIR = "tables"
 REPORTED = Path(__file__).resolve().parents[2] / "evals" / "reported.json"
 PAPER_COLUMNS = (("imagereward", "ImageReward"), ("hps_v2", "HPS v2"), ("geneval", "GenEval"), ("dpg", "DPG-Bench"))
+# (benchmark name, column title) of the reward-alignment table.
+REWARD_ALIGNMENT_COLUMNS = (("imagereward", "ImageReward"), ("hps", "HPS v2"))
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
@@ -58,7 +63,8 @@ def _grouped(results: list[dict[str, Any]]):
         if result.get("partial"):
             continue
         bench = result["benchmark"]
-        key = (bench["name"], str(bench["version"]), bench.get("prompt_sha256", ""))
+        # The scorer label separates, e.g., DPG-Bench with BLIP from DPG-Bench with mPLUG.
+        key = (bench["name"], str(bench["version"]), bench.get("prompt_sha256", ""), bench.get("scorer", ""))
         tables[key][(_label(result), result.get("schedule", "default"), int(result.get("steps", 0)))].append(result)
     return tables
 
@@ -88,7 +94,7 @@ def _render(title: str, header: list[str], body: list[list[str]], note: str) -> 
 def benchmark_tables(results: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """Return {file stem: (markdown, latex)} with one table per benchmark version."""
     out = {}
-    for (name, version, sha), rows in sorted(_grouped(results).items()):
+    for (name, version, sha, scorer), rows in sorted(_grouped(results).items()):
         keys = _metric_keys(rows)
         header = ["model", "schedule", "steps", "seeds", "n_failed"] + keys
         body = []
@@ -97,11 +103,45 @@ def benchmark_tables(results: list[dict[str, Any]]) -> dict[str, tuple[str, str]
             failed = str(sum(int(r.get("n_failed", 0)) for r in runs))
             body.append([label, schedule, str(steps), seeds, failed] + [_fmt([r["metrics"].get(k) for r in runs]) for k in keys])
         header = header[:3] + header[3:]
-        note = (f"Benchmark {name} v{version}, prompt file SHA-256 {sha[:12]}; mean ± sample std over seeds; "
-                "failed samples count as incorrect.")
+        failure_rule = next(iter(rows.values()))[0]["benchmark"].get("failed_samples", "count as incorrect")
+        note = (f"Benchmark {name} v{version}, prompt file SHA-256 {sha[:12]}"
+                + (f", scorer {scorer}" if scorer else "")
+                + f"; mean ± sample std over seeds; failed samples {failure_rule}.")
         stem = f"{name}-v{version}-{sha[:8]}"
+        if scorer:
+            stem += "-" + hashlib.sha256(scorer.encode()).hexdigest()[:6]
         out[stem] = _render(f"{name} (v{version})", header, body, note)
     return out
+
+
+def reward_alignment_table(results: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Return the ImageReward and HPS v2 ``overall`` scores side by side, or None without such results.
+
+    A benchmark whose results span several versions, prompt files or scorers gets
+    no column here (its own tables show each), so one column never mixes them.
+    """
+    groups = _grouped(results)
+    columns = []
+    skipped = []
+    for bench_name, title in REWARD_ALIGNMENT_COLUMNS:
+        keys = [key for key in groups if key[0] == bench_name]
+        if len(keys) == 1:
+            columns.append((title, keys[0], groups[keys[0]]))
+        elif len(keys) > 1:
+            skipped.append(f"{title} is left out: its results come from {len(keys)} benchmark versions, prompt files "
+                           "or scorers, each in its own table.")
+    if not columns:
+        return None
+    rows = sorted({row for _, _, group in columns for row in group}, key=lambda row: (row[2], row[0], row[1]))
+    header = ["model", "schedule", "steps"] + [title for title, _, _ in columns]
+    body = []
+    for row in rows:
+        cells = [_fmt([run["metrics"].get("overall") for run in group.get(row, [])]) for _, _, group in columns]
+        body.append([row[0], row[1], str(row[2])] + cells)
+    sources = "; ".join(f"{title}: {key[0]} v{key[1]}, prompt file SHA-256 {key[2][:12]}" for title, key, _ in columns)
+    note = " ".join([f"{sources}. ImageReward: mean over prompts of the mean reward; HPS v2: HPS v2.1 x 100, mean of "
+                     "the four HPD v2 styles. Mean ± sample std over seeds; partial runs are left out.", *skipped])
+    return _render("Reward alignment (ImageReward, HPS v2)", header, body, note)
 
 
 def reported_table(path: Path = REPORTED) -> tuple[str, str] | None:
@@ -152,6 +192,9 @@ def render_all(results_dir: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     tables = benchmark_tables(results)
+    alignment = reward_alignment_table(results)
+    if alignment is not None:
+        tables["reward-alignment"] = alignment
     reported = reported_table()
     if reported is not None:
         tables["reported"] = reported

@@ -397,6 +397,15 @@ def load_hpdv2_prompts(
     return prompts
 
 
+def hpdv2_prompt_file(
+    style: str, local_dir: str | os.PathLike[str] | None = None, revision: str = HPDV2_REVISION
+) -> Path:
+    """Return the local path of ``benchmark/<style>.json``, found as ``load_hpdv2_prompts`` finds it."""
+    if style not in HPDV2_STYLES:
+        raise ValueError(f"unknown HPD v2 style {style!r}. Choose from {', '.join(HPDV2_STYLES)}.")
+    return _resolve_prompt_file(style, local_dir, revision)
+
+
 def _resolve_prompt_file(style: str, local_dir: str | os.PathLike[str] | None, revision: str) -> Path:
     filename = f"benchmark/{style}.json"
     if local_dir is not None:

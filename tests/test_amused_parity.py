@@ -302,3 +302,37 @@ def test_local_path_loads_saved_components(tmp_path, empty_offline_cache):
     assert all(torch.equal(value, backend.transformer.state_dict()[key]) for key, value in saved.items())
     assert backend.tokenizer(PROMPT).input_ids == tiny.tokenizer(PROMPT).input_ids
     assert backend.text_max_length == 77
+
+
+def test_gradient_checkpointing_same_gradients():
+    backend = build_tiny_amused(seed=3, grid=(8, 8))
+    transformer = backend.transformer
+    tokens = torch.randint(0, backend.codebook_size, (2, 8, 8), generator=torch.Generator().manual_seed(0))
+    tokens[:, :4] = backend.mask_token_id
+    embeddings = backend.encode_prompts(BATCH_PROMPTS[:2])
+    attention_calls = []
+    transformer.transformer_layers[0].attn1.register_forward_hook(lambda *args: attention_calls.append(1))
+
+    backend.logits(tokens, embeddings).logsumexp(-1).mean().backward()
+    plain = {name: p.grad.clone() for name, p in transformer.named_parameters() if p.grad is not None}
+    plain_calls = len(attention_calls)
+    transformer.zero_grad(set_to_none=True)
+    attention_calls.clear()
+    backend.enable_gradient_checkpointing()
+    backend.logits(tokens, embeddings).logsumexp(-1).mean().backward()
+
+    assert plain_calls == 1
+    assert len(attention_calls) == 2  # the backward pass recomputed the layer
+    assert plain
+    checkpointed = {name: p.grad for name, p in transformer.named_parameters() if p.grad is not None}
+    assert checkpointed.keys() == plain.keys()
+    for name, grad in checkpointed.items():
+        assert torch.allclose(grad, plain[name], atol=1e-5), name
+    with torch.no_grad():
+        backend.logits(tokens, embeddings)
+    assert len(attention_calls) == 3  # no recomputation without gradients
+
+
+def test_random_weights_rejects_path(tmp_path):
+    with pytest.raises(ValueError, match="drop path"):
+        load_amused("256", path=tmp_path, random_weights=True)

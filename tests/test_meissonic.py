@@ -30,7 +30,9 @@ from cogrpo.models.meissonic import (
     pipeline_timesteps,
     weights_available,
 )
-from cogrpo.rewards.base import MissingWeightsError
+from cogrpo.rewards.base import MissingWeightsError, ScoreResult, Scorer
+from cogrpo.rl.config import TrainConfig
+from cogrpo.rl.trainer import CoGRPOTrainer
 from cogrpo.sampling.sampler import committed_log_prob, image_generators, sample
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -345,14 +347,18 @@ def test_tiny_output_layout(tiny):
 def test_gradient_checkpointing_same_gradients(tiny):
     tokens, embeddings = tiny_inputs(tiny)
     transformer = tiny.transformer
+    block_calls = []
+    transformer.single_transformer_blocks[0].attn.register_forward_hook(lambda *args: block_calls.append(1))
 
     tiny.logits(tokens, embeddings).logsumexp(-1).mean().backward()
     plain = {name: p.grad.clone() for name, p in transformer.named_parameters()}
     transformer.zero_grad()
-    transformer.enable_gradient_checkpointing()
+    block_calls.clear()
+    tiny.enable_gradient_checkpointing()
     tiny.logits(tokens, embeddings).logsumexp(-1).mean().backward()
 
     assert transformer.gradient_checkpointing
+    assert len(block_calls) == 2  # the backward pass recomputed the block
     for name, p in transformer.named_parameters():
         assert torch.allclose(p.grad, plain[name], atol=1e-6), name
 
@@ -425,6 +431,73 @@ def test_committed_log_prob_matches_rollout(tiny):
     assert lora_b_grads
     assert all(grad is not None for grad in lora_b_grads)
     assert any(float(grad.abs().sum()) > 0 for grad in lora_b_grads)
+
+
+class MeanRedReward(Scorer):
+    """The mean red channel of an image in [0, 1], a cheap reward that differs between random images."""
+
+    name = "mean-red"
+
+    def score_batch(self, images, prompts, metadata):
+        return ScoreResult(scores=np.asarray([im[..., 0].mean() / 255.0 for im in images], np.float32))
+
+
+class FixedPrompts:
+    """A prompt source that cycles through a fixed list."""
+
+    def __init__(self, prompts: list[str]):
+        self.prompts = prompts
+
+    def sample(self, rng, n):
+        return [{"prompt": self.prompts[i % len(self.prompts)]} for i in range(n)]
+
+
+def test_trainer_iteration_trains_lora_only(tiny):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model gains nothing from threads, and on a loaded machine they slow it down
+    config = TrainConfig(model="meissonic", mode="co", prompts_per_iteration=2, group_size=2, steps=3, chunk_size=4,
+                         train_step_fraction=1.0, lora_rank=4, lr_model=1e-2, gradient_checkpointing=True,
+                         device="cpu", final_eval=False, checkpoint_every=0)
+    try:
+        trainer = CoGRPOTrainer(config, tiny, MeanRedReward(), prompts=FixedPrompts(["a red cube", "a blue sphere"]))
+        transformer = trainer.unwrapped_transformer
+        before = {name: p.detach().clone() for name, p in transformer.named_parameters()}
+        result = trainer.train_iteration()
+    finally:
+        torch.set_num_threads(threads)
+
+    after = dict(transformer.named_parameters())
+    lora_b = [name for name in before if "lora_B" in name]
+    base = [name for name in before if "lora_" not in name]
+    assert result.phase == "model"
+    assert not result.skipped
+    assert result.advantages.any()
+    assert result.metrics["policy/model/max_abs_ratio_minus_one"] < 1e-3
+    assert lora_b
+    # lora_B starts at zero, so lora_A has a zero gradient in the first update and only lora_B moves.
+    assert [name for name in lora_b if torch.equal(after[name], before[name])] == []
+    assert [name for name in base if not torch.equal(after[name], before[name])] == []
+    assert all(not after[name].requires_grad for name in base)
+
+
+def test_bf16_autocast_logits_float32(tiny):
+    tokens, embeddings = tiny_inputs(tiny)
+    with torch.no_grad():
+        reference = tiny.logits(tokens, embeddings)
+    tiny.compute_dtype = torch.bfloat16
+    output_dtypes = set()
+    tiny.transformer.register_forward_hook(lambda module, args, output: output_dtypes.add(output[0].dtype))
+
+    with torch.no_grad():
+        logits = tiny.logits(tokens, embeddings)
+    trajectory = sample(tiny, ["a red cube", "a blue sphere"], image_generators([0, 1]), steps=3)
+
+    assert output_dtypes == {torch.bfloat16}
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    # bfloat16 keeps 8 significant bits, so logits move by about 1% of their scale.
+    assert torch.allclose(logits, reference, atol=0.05 * float(reference.abs().max()))
+    assert torch.isfinite(trajectory.model_logp).all()
 
 
 # ---------------------------------------------------------------------------- loading

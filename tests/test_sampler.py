@@ -129,3 +129,32 @@ def test_sampler_rejects_bad_arguments(backend):
         sample(backend, PROMPTS, image_generators([1]), steps=3)
     with pytest.raises(ValueError, match="invalid number of steps 0"):
         sample(backend, PROMPTS, image_generators([1, 2, 3]), steps=0)
+
+
+def test_bf16_autocast_gives_float32_step_logits(backend, monkeypatch):
+    from cogrpo.sampling import sampler
+
+    monkeypatch.setattr(backend, "compute_dtype", torch.bfloat16)
+    transformer_dtypes, step_dtypes = set(), set()
+    hook = backend.transformer.register_forward_hook(lambda module, args, output: transformer_dtypes.add(output.dtype))
+    real_token_log_probs = sampler.token_log_probs
+
+    def recording_token_log_probs(logits, sample_temperature, tokens):
+        step_dtypes.add(logits.dtype)
+        return real_token_log_probs(logits, sample_temperature, tokens)
+
+    monkeypatch.setattr(sampler, "token_log_probs", recording_token_log_probs)
+    try:
+        trajectory = sample(backend, PROMPTS, image_generators([1, 2, 3]), steps=4)
+    finally:
+        hook.remove()
+
+    assert transformer_dtypes == {torch.bfloat16}
+    assert step_dtypes == {torch.float32}
+    assert (trajectory.commit_step != NOT_COMMITTED).all()
+    assert torch.isfinite(trajectory.model_logp).all()
+    uncond = backend.encode_prompts([""])
+    cond = backend.encode_prompts(PROMPTS)
+    for step in range(4):
+        logp, _ = committed_log_prob(backend, trajectory, step, slice(0, 3), cond, uncond)
+        assert torch.allclose(logp, trajectory.model_logp[:, step], atol=1e-4), step

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from cogrpo.models.base import random_init
 from cogrpo.models.uvit import UVitBackend
 
 SUBFOLDERS = ("transformer", "vqvae", "text_encoder", "tokenizer")
@@ -41,6 +41,7 @@ TRANSFORMER_OVERRIDES = {
     "512": {"sample_size": 32, "downsample": True, "upsample": True},
 }
 
+# The VQ-GAN of both aMUSEd variants. Meissonic's vqvae/config.json has the same values.
 VQ_CONFIG: dict[str, Any] = dict(
     act_fn="silu",
     block_out_channels=(128, 256, 256, 512, 768),
@@ -51,8 +52,11 @@ VQ_CONFIG: dict[str, Any] = dict(
     latent_channels=64,
     layers_per_block=2,
     norm_num_groups=32,
+    norm_type="group",
     num_vq_embeddings=8192,
+    vq_embed_dim=None,
     sample_size=32,
+    scaling_factor=0.18215,
     mid_block_add_attention=False,
     lookup_from_codebook=True,
     # AmusedPipeline decodes in float32 when this flag is set, because the VQ decoder produces NaNs in float16.
@@ -104,16 +108,7 @@ class AmusedBackend(UVitBackend):
     assumes [-1, 1].
     """
 
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """Decode token ids (B, h, w) to uint8 RGB images (B, H, W, 3)."""
-        batch, h, w = tokens.shape
-        latent_channels = self.vq.config.latent_channels
-        images = self.vq.decode(
-            tokens.to(self.device), force_not_quantize=True, shape=(batch, h, w, latent_channels)
-        ).sample.to(torch.float32)
-        images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).cpu().numpy()
+    vq_output_range = (0.0, 1.0)
 
 
 def _variant_key(variant: str | int) -> str:
@@ -170,6 +165,7 @@ def build_random_components(variant: str | int = "256"):
 
     Modules are created on the current default device, so a caller can build
     them on ``torch.device("meta")`` to check shapes without allocating memory.
+    The weights come from the global random state.
     """
     from diffusers import UVit2DModel, VQModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
@@ -265,15 +261,19 @@ def load_amused(
     ``revision`` replaces the pinned hub revision. ``dtype`` (default float32)
     applies to the transformer and the text encoder. The VQ decoder stays in
     float32, as ``AmusedPipeline`` upcasts it. ``random_weights=True`` builds
-    every component from its configuration with random weights and the offline
-    tokenizer, without any file access. Raises ``AmusedWeightsError`` when the
-    weights are neither at ``path`` nor in the hub cache and cannot be downloaded.
+    every component from its configuration on ``device``, with random weights
+    drawn from a fixed seed and the offline tokenizer, without any file access.
+    Raises ``AmusedWeightsError`` when the weights are neither at ``path`` nor in
+    the hub cache and cannot be downloaded.
     """
     spec = _variant(variant)
     revision = revision or spec.revision
     dtype = dtype or torch.float32
     if random_weights:
-        transformer, vq, text_encoder = build_random_components(variant)
+        if path is not None:
+            raise ValueError("random_weights=True builds aMUSEd from built-in configs; drop path (--model-path)")
+        with random_init(device):
+            transformer, vq, text_encoder = build_random_components(variant)
         transformer.to(dtype)
         text_encoder.to(dtype)
         tokenizer = build_clip_tokenizer()

@@ -31,7 +31,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
@@ -50,9 +49,8 @@ from diffusers.models.upsampling import Upsample2D
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from torch import nn
 
-from cogrpo.models.amused import build_clip_tokenizer
-
-from cogrpo.models.base import DefaultSchedule, PromptEmbeddings, cosine_mask_ratio
+from cogrpo.models.amused import VQ_CONFIG, build_clip_tokenizer
+from cogrpo.models.base import PromptEmbeddings, VQTokenBackend, random_init
 from cogrpo.rewards.base import MissingWeightsError
 
 logger = logging.getLogger(__name__)
@@ -86,26 +84,7 @@ TEXT_MAX_LENGTH = 77
 MICRO_COND_COUNT = 5
 MICRO_COND_ENCODE_DIM = 256  # hard-coded in the official transformer: 5 x 256 = 1280 dims
 
-# vqvae/config.json of the hub repository (the aMUSEd VQ layout: 146,244,675 parameters, f16).
-VQ_CONFIG = dict(
-    act_fn="silu",
-    block_out_channels=(128, 256, 256, 512, 768),
-    down_block_types=("DownEncoderBlock2D",) * 5,
-    up_block_types=("UpDecoderBlock2D",) * 5,
-    in_channels=3,
-    out_channels=3,
-    latent_channels=64,
-    layers_per_block=2,
-    lookup_from_codebook=True,
-    mid_block_add_attention=False,
-    norm_num_groups=32,
-    norm_type="group",
-    num_vq_embeddings=8192,
-    sample_size=32,
-    scaling_factor=0.18215,
-    vq_embed_dim=None,
-    force_upcast=True,
-)
+# The hub repository's vqvae/config.json has the values of aMUSEd's VQ_CONFIG (146,244,675 parameters, f16).
 
 # The text tower of laion/CLIP-ViT-H-14-laion2B-s32B-b79K, the architecture of the hub's text_encoder/.
 CLIP_H_TEXT_CONFIG = dict(
@@ -357,9 +336,10 @@ class MeissonicTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         hidden_states = self.project_to_hidden(self.project_to_hidden_norm(hidden_states))
         context = self.encoder_proj_layer_norm(self.context_embedder(encoder_hidden_states.to(dtype)))
 
-        # The pipeline convention: integer scheduler timestep, cast to the activations' dtype, times 1000.
+        # The pipeline convention: integer scheduler timestep, cast to the weights' dtype, times 1000.
+        # Under autocast the weights stay float32, so the product is not rounded to bfloat16.
         timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(batch)
-        temb = self.time_text_embed(timestep.to(hidden_states.dtype) * 1000, pooled)
+        temb = self.time_text_embed(timestep.to(dtype) * 1000, pooled)
 
         if img_ids is None:
             img_ids = image_position_ids(height, width, hidden_states.device)
@@ -407,13 +387,16 @@ def pipeline_timesteps(masked_fraction: torch.Tensor, steps: int) -> torch.Tenso
     return (steps - 1 - step_index).long()
 
 
-class MeissonicBackend:
+class MeissonicBackend(VQTokenBackend):
     """A masked image model made of ``MeissonicTransformer`` + VQModel + CLIP text encoder.
 
     ``logits`` conditions on the pipeline timestep derived from each row's
     masked share by ``pipeline_timesteps`` (over ``timestep_steps`` steps), so
     a rollout and its recomputation see equal timesteps without step bookkeeping.
+    The VQ decoder output lies in [0, 1].
     """
+
+    vq_output_range = (0.0, 1.0)
 
     def __init__(
         self,
@@ -433,62 +416,31 @@ class MeissonicBackend:
         device: str | torch.device = "cpu",
         revision: str | None = None,
     ):
-        self.name = name
-        self.transformer = transformer
-        self.vq = vq
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.image_size = tuple(image_size)
+        image_size = tuple(image_size)
         self.vq_scale_factor = 2 ** (len(vq.config.block_out_channels) - 1)
-        height, width = self.image_size
+        height, width = image_size
         if height % self.vq_scale_factor or width % self.vq_scale_factor:
-            raise ValueError(f"image size {self.image_size} is not a multiple of the VQ factor {self.vq_scale_factor}")
-        self.grid = (height // self.vq_scale_factor, width // self.vq_scale_factor)
-        if transformer.config.downsample and (self.grid[0] % 2 or self.grid[1] % 2):
-            raise ValueError(f"token grid {self.grid} must have even sides, because the transformer down-samples by 2")
-        self.codebook_size = int(transformer.config.codebook_size)
-        self.mask_token_id = int(mask_token_id if mask_token_id is not None else transformer.config.vocab_size - 1)
-        self.default_guidance = float(default_guidance)
-        self.default_remask_temperature = default_remask_temperature
+            raise ValueError(f"image size {image_size} is not a multiple of the VQ factor {self.vq_scale_factor}")
+        grid = (height // self.vq_scale_factor, width // self.vq_scale_factor)
+        if transformer.config.downsample and (grid[0] % 2 or grid[1] % 2):
+            raise ValueError(f"token grid {grid} must have even sides, because the transformer down-samples by 2")
         self.timestep_steps = int(timestep_steps)
-        self.text_max_length = int(text_max_length)
-        self.revision = revision
-        # The pipeline passes width before height, as aMUSEd does.
-        self.micro_conds = torch.tensor([[width, height, 0, 0, score]], dtype=torch.float32)
-        self.device = torch.device(device)
-        self.to(self.device)
-        for module in (self.vq, self.text_encoder):
-            module.eval()
-            module.requires_grad_(False)
-
-    def to(self, device: str | torch.device) -> MeissonicBackend:
-        """Move every component to ``device``."""
-        self.device = torch.device(device)
-        for module in (self.transformer, self.vq, self.text_encoder):
-            module.to(self.device)
-        self.micro_conds = self.micro_conds.to(self.device)
-        return self
-
-    def default_schedule(self, steps: int) -> DefaultSchedule:
-        """Return the pipeline's schedule: cosine mask ratio, Gumbel temperature 2 to 0, guidance 9, temperature 1."""
-        if steps < 1:
-            raise ValueError(f"invalid number of steps {steps}; expected at least 1")
-        start, end = self.default_remask_temperature
-        return DefaultSchedule(
-            mask_ratio=cosine_mask_ratio(steps),
-            sample_temperature=torch.ones(steps),
-            remask_temperature=torch.linspace(start, end, steps),
-            guidance=torch.full((steps,), self.default_guidance),
+        super().__init__(
+            name,
+            transformer,
+            vq,
+            text_encoder,
+            tokenizer,
+            grid=grid,
+            image_size=image_size,
+            mask_token_id=mask_token_id,
+            default_guidance=default_guidance,
+            default_remask_temperature=default_remask_temperature,
+            score=score,
+            text_max_length=text_max_length,
+            device=device,
+            revision=revision,
         )
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
-        """Encode prompts padded to 77 tokens: penultimate hidden states and projected ``text_embeds``."""
-        text = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="pt"
-        )
-        out = self.text_encoder(text.input_ids.to(self.device), return_dict=True, output_hidden_states=True)
-        return PromptEmbeddings(hidden_states=out.hidden_states[-2], pooled=out.text_embeds)
 
     def pipeline_timesteps(self, tokens: torch.Tensor) -> torch.Tensor:
         """Return the pipeline timestep (B,) of each token grid (B, h, w) from its masked share."""
@@ -505,29 +457,16 @@ class MeissonicBackend:
         batch = tokens.shape[0]
         if timestep is None:
             timestep = self.pipeline_timesteps(tokens)
-        (out,) = self.transformer(
-            tokens,
-            encoder_hidden_states=embeddings.hidden_states,
-            pooled_projections=embeddings.pooled,
-            timestep=timestep,
-            micro_conds=self.micro_conds.expand(batch, -1),
-            return_dict=False,
-        )  # (B, K, h, w)
+        with self.autocast():
+            (out,) = self.transformer(
+                tokens,
+                encoder_hidden_states=embeddings.hidden_states,
+                pooled_projections=embeddings.pooled,
+                timestep=timestep,
+                micro_conds=self.micro_conds.expand(batch, -1),
+                return_dict=False,
+            )  # (B, K, h, w)
         return out.float().flatten(2).transpose(1, 2)
-
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """Decode token ids (B, h, w) to uint8 RGB images (B, H, W, 3), clipping the VQ output to [0, 1]."""
-        batch, h, w = tokens.shape
-        latent_channels = self.vq.config.latent_channels
-        images = self.vq.decode(
-            tokens.to(self.device), force_not_quantize=True, shape=(batch, h, w, latent_channels)
-        ).sample.to(torch.float32)
-        images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).cpu().numpy()
-
-
-# ---------------------------------------------------------------------------- tokenizer
 
 
 # ---------------------------------------------------------------------------- loading
@@ -584,11 +523,11 @@ def _load_transformer(folder: Path, dtype: torch.dtype) -> MeissonicTransformer:
 
 
 def _build_random_components(device: str | torch.device, dtype: torch.dtype):
-    """Build the published architecture with random weights (no file is read)."""
+    """Build the published architecture with random weights from a fixed seed (no file is read)."""
     from diffusers import VQModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    with torch.device(device):
+    with random_init(device):
         transformer = MeissonicTransformer().to(dtype)
         vq = VQModel(**VQ_CONFIG)
         text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_H_TEXT_CONFIG)).to(dtype)
@@ -614,7 +553,8 @@ def load_meissonic(
     Hugging Face cache. With ``HF_HUB_OFFLINE`` set and the files not cached,
     ``MissingWeightsError`` names the hub id, the revision and the ``path``
     option at once. ``random_weights=True`` builds the published architecture
-    with random weights and the offline CLIP tokenizer, reading no file.
+    on ``device`` with random weights from a fixed seed and the offline CLIP
+    tokenizer, reading no file.
 
     ``dtype`` applies to the transformer and the text encoder. The VQ stays
     float32 because its config sets ``force_upcast``. The hub's text_encoder/

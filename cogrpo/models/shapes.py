@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from cogrpo.models import shapes_components as comp
+from cogrpo.models.base import random_init
 from cogrpo.models.uvit import UVitBackend
 
 DEFAULT_GUIDANCE = 3.0
@@ -36,22 +37,39 @@ def weights_hash(path: str | Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def load_shapes_backend(path: str | Path | None = None, device: str | torch.device = "cpu") -> UVitBackend:
-    """Load the embedded shapes model from ``path`` (default: the committed weights)."""
+def load_shapes_backend(
+    path: str | Path | None = None, device: str | torch.device = "cpu", random_weights: bool = False
+) -> UVitBackend:
+    """Load the embedded shapes model from ``path`` (default: the committed weights).
+
+    ``random_weights=True`` builds the same architecture on ``device`` with
+    random weights from a fixed seed, reading no file.
+    """
     from diffusers import UVit2DModel, VQModel
     from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
-    root = weights_dir(path)
-    missing = [name for name in REQUIRED if not (root / name).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"the embedded shapes model is incomplete at {root}: missing {', '.join(missing)}. "
-            "Run `cogrpo pretrain` to build it, or pass --model-path to a folder that has it."
-        )
-    transformer = UVit2DModel.from_pretrained(root / "transformer")
-    vq = VQModel.from_pretrained(root / "vqvae")
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(root / "tokenizer")
+    if random_weights:
+        if path is not None:
+            raise ValueError("random_weights=True builds the shapes model from built-in configs; drop path (--model-path)")
+        with random_init(device):
+            transformer = comp.build_transformer().eval()
+            vq = comp.build_vq()
+            text_encoder = comp.build_text_encoder()
+        tokenizer = comp.build_tokenizer()
+        revision = "random"
+    else:
+        root = weights_dir(path)
+        missing = [name for name in REQUIRED if not (root / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"the embedded shapes model is incomplete at {root}: missing {', '.join(missing)}. "
+                "Run `cogrpo pretrain` to build it, or pass --model-path to a folder that has it."
+            )
+        transformer = UVit2DModel.from_pretrained(root / "transformer")
+        vq = VQModel.from_pretrained(root / "vqvae")
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(root / "tokenizer")
+        revision = f"sha256:{weights_hash(root)}"
     return UVitBackend(
         "shapes",
         transformer,
@@ -65,5 +83,5 @@ def load_shapes_backend(path: str | Path | None = None, device: str | torch.devi
         default_remask_temperature=DEFAULT_REMASK_TEMPERATURE,
         text_max_length=comp.TEXT_MAX_LENGTH,
         device=device,
-        revision=f"sha256:{weights_hash(root)}",
+        revision=revision,
     )

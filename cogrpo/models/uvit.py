@@ -9,13 +9,13 @@ vector ``[width, height, crop_top, crop_left, aesthetic_score]``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from cogrpo.models.base import DefaultSchedule, PromptEmbeddings, cosine_mask_ratio
+from cogrpo.models.base import PromptEmbeddings, VQTokenBackend
 
 
-class UVitBackend:
+class UVitBackend(VQTokenBackend):
     """A masked image model made of UVit2DModel + VQModel + CLIP text encoder."""
 
     def __init__(
@@ -36,76 +36,56 @@ class UVitBackend:
         device: str | torch.device = "cpu",
         revision: str | None = None,
     ):
-        self.name = name
-        self.transformer = transformer
-        self.vq = vq
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.grid = grid
-        self.image_size = image_size
-        self.codebook_size = int(transformer.config.codebook_size)
-        self.mask_token_id = int(mask_token_id if mask_token_id is not None else transformer.config.vocab_size - 1)
-        self.default_guidance = float(default_guidance)
-        self.default_remask_temperature = default_remask_temperature
-        self.text_max_length = int(text_max_length or tokenizer.model_max_length)
-        self.device = torch.device(device)
-        self.revision = revision
-        height, width = image_size
-        # aMUSEd's pipeline passes width before height on purpose, as a comment in it notes.
-        self.micro_conds = torch.tensor([[width, height, 0, 0, aesthetic_score]], dtype=torch.float32)
-        self.to(self.device)
-        self.vq.eval()
-        self.text_encoder.eval()
-        self.vq.requires_grad_(False)
-        self.text_encoder.requires_grad_(False)
-
-    def to(self, device: str | torch.device) -> UVitBackend:
-        """Move every component to ``device``."""
-        self.device = torch.device(device)
-        for module in (self.transformer, self.vq, self.text_encoder):
-            module.to(self.device)
-        self.micro_conds = self.micro_conds.to(self.device)
-        return self
-
-    def default_schedule(self, steps: int) -> DefaultSchedule:
-        """aMUSEd's schedule: cosine mask ratio, Gumbel temperature linear from 2 to 0, guidance, temperature 1."""
-        if steps < 1:
-            raise ValueError(f"invalid number of steps {steps}; expected at least 1")
-        start, end = self.default_remask_temperature
-        return DefaultSchedule(
-            mask_ratio=cosine_mask_ratio(steps),
-            sample_temperature=torch.ones(steps),
-            remask_temperature=torch.linspace(start, end, steps),
-            guidance=torch.full((steps,), self.default_guidance),
+        super().__init__(
+            name,
+            transformer,
+            vq,
+            text_encoder,
+            tokenizer,
+            grid=grid,
+            image_size=image_size,
+            mask_token_id=mask_token_id,
+            default_guidance=default_guidance,
+            default_remask_temperature=default_remask_temperature,
+            score=aesthetic_score,
+            text_max_length=text_max_length or tokenizer.model_max_length,
+            device=device,
+            revision=revision,
         )
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
-        """Encode prompts with the frozen text encoder (padded to its maximum length)."""
-        text = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="pt"
-        )
-        out = self.text_encoder(text.input_ids.to(self.device), return_dict=True, output_hidden_states=True)
-        return PromptEmbeddings(hidden_states=out.hidden_states[-2], pooled=out.text_embeds)
 
     def logits(self, tokens: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:
         """Return float32 logits (B, L, K) of the transformer for token grids (B, h, w)."""
         batch = tokens.shape[0]
-        out = self.transformer(
-            tokens,
-            encoder_hidden_states=embeddings.hidden_states,
-            pooled_text_emb=embeddings.pooled,
-            micro_conds=self.micro_conds.expand(batch, -1),
-        )  # (B, K, h, w)
+        with self.autocast():
+            out = self.transformer(
+                tokens,
+                encoder_hidden_states=embeddings.hidden_states,
+                pooled_text_emb=embeddings.pooled,
+                micro_conds=self.micro_conds.expand(batch, -1),
+            )  # (B, K, h, w)
         return out.float().flatten(2).transpose(1, 2)
 
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """Decode token ids (B, h, w) to uint8 RGB images (B, H, W, 3)."""
-        batch, h, w = tokens.shape
-        latent_channels = self.vq.config.latent_channels
-        images = self.vq.decode(
-            tokens.to(self.device), force_not_quantize=True, shape=(batch, h, w, latent_channels)
-        ).sample.to(torch.float32)
-        images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).cpu().numpy()
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each transformer layer's activations in the backward pass instead of storing them.
+
+        ``UVit2DModel.enable_gradient_checkpointing`` is not used, because in
+        diffusers 0.42.1 the forward pass then raises ``TypeError``. It wraps each
+        layer in a function that takes positional arguments only, and calls that
+        function with keyword arguments. The convolutional blocks before and
+        after the layers are not checkpointed.
+        """
+        for layer in self.transformer.transformer_layers:
+            if not isinstance(layer.forward, _CheckpointedForward):
+                layer.forward = _CheckpointedForward(layer.forward)
+
+
+class _CheckpointedForward:
+    """A module's forward under ``torch.utils.checkpoint`` when gradients are enabled (keyword arguments allowed)."""
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
+        return self.forward(*args, **kwargs)

@@ -130,14 +130,19 @@ def guided_logits(
     uncond: PromptEmbeddings,
     guidance: torch.Tensor,
 ) -> torch.Tensor:
-    """Return float32 guided logits (B, L, K) for token grids (B, h, w) and guidance scales (B,)."""
+    """Return float32 guided logits (B, L, K) for token grids (B, h, w) and guidance scales (B,).
+
+    The backend's logits are cast to float32 before guidance, so the softmax,
+    log-softmax and Gumbel steps run in float32 even when the transformer runs
+    under bfloat16 autocast.
+    """
     batch = tokens.shape[0]
     if bool((guidance == 1.0).all()):
-        return backend.logits(tokens, cond)
+        return backend.logits(tokens, cond).float()
     uncond_rows = PromptEmbeddings(
         uncond.hidden_states.expand(batch, -1, -1), uncond.pooled.expand(batch, -1)
     )
-    both = backend.logits(torch.cat([tokens, tokens]), PromptEmbeddings.cat([uncond_rows, cond]))
+    both = backend.logits(torch.cat([tokens, tokens]), PromptEmbeddings.cat([uncond_rows, cond])).float()
     uncond_logits, cond_logits = both.chunk(2)
     return uncond_logits + guidance.view(-1, 1, 1).to(both.dtype) * (cond_logits - uncond_logits)
 

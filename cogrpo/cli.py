@@ -97,19 +97,38 @@ def pretrain(
     console.print(f"pretrained weights written to {target}")
 
 
-def _load_model(model: str, model_path: Optional[str], checkpoint: Optional[Path], schedule: str, steps: int, device):
-    """Load a registered backend, or a trained run with its schedule policy; returns (backend, policy, info)."""
-    from cogrpo.rl.config import TrainConfig
-    from cogrpo.rl.run import build_backend, load_trained
+def _load_model(model: str, model_path: Optional[str], checkpoint: Optional[Path], schedule: str, steps: int, device,
+                random_weights: bool = False, dtype: str = "auto"):
+    """Load a registered backend, or a trained run with its schedule policy, and return (backend, policy, info).
 
+    ``info`` describes the base model, including ``random_weights`` and the compute ``dtype``.
+    """
+    from cogrpo.models.precision import DTYPE_CHOICES
+    from cogrpo.rl.config import TrainConfig
+    from cogrpo.rl.run import build_backend, load_trained, model_info
+
+    if dtype not in DTYPE_CHOICES:
+        _fail(f"invalid --dtype {dtype!r}; allowed: {', '.join(DTYPE_CHOICES)}")
+    if random_weights and model_path:
+        _fail("--random-weights builds the model from its configuration; drop --model-path")
     if checkpoint is not None:
-        backend, policy, info = load_trained(checkpoint, device)
+        if random_weights:
+            _fail("--random-weights does not apply to --checkpoint: the run's configuration decides its base model")
+        backend, policy, info = load_trained(checkpoint, device, dtype=dtype)
         if schedule == "learned" and policy.steps != steps:
             _fail(f"the learned schedule has {policy.steps} steps; pass --steps {policy.steps}")
         return backend, policy, info
     if schedule == "learned":
         _fail("--schedule learned needs --checkpoint RUN_DIR")
-    return build_backend(TrainConfig(model=model, model_path=model_path), device), None, {}
+    config = TrainConfig(model=model, model_path=model_path, random_weights=random_weights, dtype=dtype)
+    backend = build_backend(config, device)
+    return backend, None, model_info(config, backend)
+
+
+def _warn_random_weights(info: dict) -> None:
+    if info.get("random_weights"):
+        console.print("[yellow]warning:[/yellow] the model has random weights; its outputs are not real model results "
+                      "(marked random_weights: true in the written JSON)")
 
 
 def _safe_out(out: Path) -> Path:
@@ -129,6 +148,8 @@ def sample(
     model_path: Optional[Path] = typer.Option(None, help="Local weights folder for the backend."),
     checkpoint: Optional[Path] = typer.Option(None, help="Run folder (or checkpoint folder) of `cogrpo train` to sample from."),
     schedule: str = typer.Option("default", help="default (the backend's hand-set schedule) or learned (the trained policy's mean)."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Build the model at full size with random weights, without downloads (smoke tests only)."),
+    dtype: str = typer.Option("auto", help="Compute dtype of the transformer: bf16 (autocast), fp32, or auto (bf16 on CUDA, fp32 otherwise)."),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
 ) -> None:
     """Sample images for prompts and write PNGs (and a grid) under --out."""
@@ -146,7 +167,9 @@ def sample(
     if schedule not in {"default", "learned"}:
         _fail(f"invalid --schedule {schedule!r}; allowed: default, learned")
     dev = resolve_device(device)
-    backend, policy, _ = _load_model(model, str(model_path) if model_path else None, checkpoint, schedule, steps, dev)
+    backend, policy, info = _load_model(model, str(model_path) if model_path else None, checkpoint, schedule, steps, dev,
+                                        random_weights, dtype)
+    _warn_random_weights(info)
     out = _safe_out(out)
     jobs = [(i, k) for i in range(len(prompt)) for k in range(n)]
     seeds = [derive_seed(seed, i, k) for i, k in jobs]
@@ -157,7 +180,8 @@ def sample(
         Image.fromarray(image).save(out / f"{i:03d}-{k:03d}.png")
     rows = [np.concatenate(list(images[i * n : (i + 1) * n]), axis=1) for i in range(len(prompt))]
     Image.fromarray(np.concatenate(rows, axis=0)).save(out / "grid.png")
-    (out / "prompts.json").write_text(json.dumps({"prompts": prompt, "n": n, "steps": steps, "seed": seed, "schedule": schedule}, indent=2) + "\n")
+    record = {"prompts": prompt, "n": n, "steps": steps, "seed": seed, "schedule": schedule, "model": info}
+    (out / "prompts.json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"wrote {len(images)} images and grid.png to {out}")
 
 
@@ -188,12 +212,18 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Resume the run in this folder from its newest valid checkpoint."),
     allow_inexact_resume: bool = typer.Option(False, help="Resume even if the config, world size or base model differ (recorded)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, or auto."),
+    reward_timeout: Optional[float] = typer.Option(None, help="Seconds one reward batch call may take before its images count as failed (0 = no limit; default 600)."),
+    reward_retries: Optional[int] = typer.Option(None, help="Retries, with doubling backoff, of a reward call that raised (default 2)."),
+    random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="Build the model at full size with random weights, without downloads (smoke tests only)."),
+    dtype: Optional[str] = typer.Option(None, help="Compute dtype of the transformer: bf16 (autocast), fp32, or auto (default: bf16 on CUDA, fp32 otherwise)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute transformer block activations in the backward pass to save memory."),
     verbose: bool = typer.Option(False, help="Log every iteration."),
 ) -> None:
     """Train with Co-GRPO (or a baseline mode). With no options: the embedded shapes preset."""
     _setup_logging(verbose)
     from cogrpo.rl.config import TrainConfig
     from cogrpo.rl.run import train as run_training
+    from cogrpo.rl.run import RankOutOfMemory
     from cogrpo.rl.trainer import TrainingAborted
 
     overrides = {k: v for k, v in dict(
@@ -201,7 +231,9 @@ def train(
         prompts_per_iteration=prompts_per_iteration, group_size=group_size, steps=steps,
         train_step_fraction=train_step_fraction, lora_rank=lora_rank, lr_model=lr_model, lr_schedule=lr_schedule,
         clip_range=clip_range, kl_weight=kl_weight, seed=seed, chunk_size=chunk_size, eval_every=eval_every,
-        checkpoint_every=checkpoint_every, final_eval=final_eval, out=out, device=device).items() if v is not None}
+        checkpoint_every=checkpoint_every, final_eval=final_eval, out=out, device=device,
+        reward_timeout_s=reward_timeout, reward_retries=reward_retries,
+        random_weights=random_weights, dtype=dtype, gradient_checkpointing=gradient_checkpointing).items() if v is not None}
     try:
         if resume is not None and config is None:
             cfg = _config_of_run(resume, overrides)
@@ -210,12 +242,16 @@ def train(
         else:
             cfg = TrainConfig(**overrides)
         _check_reward_name(cfg.reward)
+        _warn_random_weights({"random_weights": cfg.random_weights})
         summary = run_training(cfg, resume=resume, allow_inexact_resume=allow_inexact_resume)
     except (ValueError, FileNotFoundError, KeyError) as error:
         _fail(str(error))
     except TrainingAborted as error:
         console.print(f"[red]training stopped:[/red] {error}")
         raise typer.Exit(code=3) from None
+    except RankOutOfMemory as error:
+        console.print(f"[red]training stopped:[/red] {error}")
+        raise typer.Exit(code=4) from None
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -273,7 +309,28 @@ def evaluate(
     batch_size: int = typer.Option(32, help="Images per forward pass and per scorer call."),
     out: Path = typer.Option(Path("outputs/eval"), help="Output folder: images/, per-rank score files and result.json."),
     score_only: bool = typer.Option(False, "--score-only", help="Score the images already in OUT/images (e.g. from the official scripts); generate nothing."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Build the model at full size with random weights, without downloads (smoke tests only)."),
+    dtype: str = typer.Option("auto", help="Compute dtype of the transformer: bf16 (autocast), fp32, or auto (bf16 on CUDA, fp32 otherwise)."),
+    score_timeout: float = typer.Option(600.0, help="Seconds one scorer batch call may take before its images count as failed (0 = no limit)."),
+    score_retries: int = typer.Option(2, help="Retries, with doubling backoff, of a scorer call that raised."),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+    detector: Optional[str] = typer.Option(
+        None, help="GenEval only: mask2former (default; transformers checkpoint, not the official mmdet one, so "
+        "numbers are close but not identical), mmdet (the official model; extra geneval-mmdet) or shapes."),
+    detector_weights: Optional[str] = typer.Option(
+        None, help="GenEval only: local Mask2Former folder (save_pretrained) or mmdet .pth checkpoint."),
+    clip_weights: Optional[str] = typer.Option(None, help="GenEval only: local open_clip ViT-L-14 (openai) weights file."),
+    prompts: Optional[Path] = typer.Option(
+        None, help="hps, imagereward and dpg only: local prompt file to use instead of the pinned download: a folder "
+        "with HPD v2's anime.json, concept-art.json, paintings.json and photo.json, ImageReward's "
+        "benchmark-prompts.json, or DPG-Bench's dpg_bench.csv. Without it the file is downloaded once and cached "
+        "(no download when HF_HUB_OFFLINE=1)."),
+    prompts_sha256: Optional[str] = typer.Option(
+        None, help="hps, imagereward and dpg only: expected SHA-256 of the prompt file, replacing the recorded "
+        "checksum (for hps: the manifest digest that result.json records as benchmark.prompt_sha256)."),
+    vqa: Optional[str] = typer.Option(
+        None, help="dpg only: VQA model, blip (default; not comparable with published numbers) or mplug (the "
+        "official mPLUG-large; needs modelscope)."),
 ) -> None:
     """Evaluate a model on a benchmark; rerunning the same command resumes."""
     _setup_logging(False)
@@ -285,18 +342,30 @@ def evaluate(
         _fail(f"invalid --schedule {schedule!r}; allowed: default, learned")
     if steps < 1 or batch_size < 1:
         _fail("--steps and --batch-size must be at least 1")
+    if score_timeout < 0 or score_retries < 0:
+        _fail(f"invalid --score-timeout {score_timeout} or --score-retries {score_retries}; both must be >= 0")
+    suite_options = _geneval_options(bench, detector, detector_weights, clip_weights)
+    suite_options.update(_prompt_options(bench, prompts, prompts_sha256, vqa))
     try:
-        suite = BENCHMARKS.create(bench)
-    except KeyError as error:
+        suite = BENCHMARKS.create(bench, **suite_options)
+    except (KeyError, ValueError, OSError, ImportError) as error:
         _fail(str(error))
+    if images_per_prompt is not None and images_per_prompt > 1:
+        try:
+            # Layouts with one file per prompt (hps, dpg) have no name for a second image.
+            suite.image_path(out.resolve() / "images", 0, images_per_prompt - 1)
+        except ValueError as error:
+            _fail(str(error))
     dev = resolve_device(device)
     accelerator = make_accelerator(dev)
     backend, policy, info = None, None, {"name": model}
     if not score_only:
-        backend, policy, loaded = _load_model(model, model_path, checkpoint, schedule, steps, dev)
+        backend, policy, loaded = _load_model(model, model_path, checkpoint, schedule, steps, dev, random_weights, dtype)
         info = {**info, **loaded, "name": getattr(backend, "name", model), "revision": getattr(backend, "revision", None)}
+        _warn_random_weights(info)
     request = EvalRequest(steps=steps, seed=seed, images_per_prompt=images_per_prompt, limit=limit,
-                          batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info)
+                          batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info,
+                          score_timeout_s=score_timeout, score_retries=score_retries)
     result = run_benchmark(suite, request, out.resolve(), backend, policy if schedule == "learned" else None, accelerator)
     if result is not None:
         table = Table(title=f"{result['benchmark']['name']} v{result['benchmark']['version']}"
@@ -308,7 +377,45 @@ def evaluate(
         table.add_row("n_samples", str(result["n_samples"]))
         table.add_row("n_failed", str(result["n_failed"]))
         console.print(table)
+        if result.get("extra_files"):
+            console.print(f"[yellow]{len(result['extra_files'])} files in {out / 'images'} are not images of this "
+                          f"benchmark and were not scored; they are listed under extra_files in result.json[/yellow]")
         console.print(f"result written to {out / 'result.json'}")
+
+
+PROMPT_FILE_BENCHMARKS = ("hps", "imagereward", "dpg", "dpg-legacy")
+
+
+def _prompt_options(bench: str, prompts: Optional[Path], prompts_sha256: Optional[str], vqa: Optional[str]) -> dict:
+    """Return the prompt-file and VQA options of the hps, imagereward and dpg suites; fail for other benchmarks."""
+    options: dict = {}
+    flags = []
+    if prompts is not None:
+        options["prompts"] = str(prompts)
+        flags.append("--prompts")
+    if prompts_sha256 is not None:
+        digest = prompts_sha256.strip().lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            _fail(f"invalid --prompts-sha256 {prompts_sha256!r}; expected 64 hexadecimal digits")
+        options["prompt_sha256"] = digest
+        flags.append("--prompts-sha256")
+    if flags and bench not in PROMPT_FILE_BENCHMARKS:
+        _fail(f"{', '.join(flags)} only applies to --bench {', '.join(PROMPT_FILE_BENCHMARKS)}, not {bench!r}")
+    if vqa is not None:
+        if bench not in {"dpg", "dpg-legacy"}:
+            _fail(f"--vqa only applies to --bench dpg or dpg-legacy, not {bench!r}")
+        options["vqa"] = vqa
+    return options
+
+
+def _geneval_options(bench: str, detector: Optional[str], detector_weights: Optional[str], clip_weights: Optional[str]) -> dict:
+    """Return the suite options of ``--bench geneval``; fail when they are given for another benchmark."""
+    options = {"detector": detector, "detector_weights": detector_weights, "clip_weights": clip_weights}
+    given = {key: value for key, value in options.items() if value is not None}
+    if given and bench != "geneval":
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        _fail(f"{flags} only applies to --bench geneval, not {bench!r}")
+    return given
 
 
 @app.command()

@@ -92,6 +92,34 @@ def test_corrupt_image_is_a_counted_failure(tmp_path, backend):
     assert result["n_failed"] == 1
 
 
+def test_failed_scores_are_retried_on_rerun(tmp_path, backend):
+    import dataclasses
+
+    import numpy as np
+
+    from cogrpo.rewards.base import ScoreResult
+    from cogrpo.rewards.shapes import StrictShapesReward
+
+    class FailingOnce(StrictShapesReward):
+        def score_batch(self, images, prompts, metadata):
+            result = super().score_batch(images, prompts, metadata)
+            scores = result.scores.copy()
+            scores[0] = np.nan
+            errors = list(result.errors)
+            errors[0] = "simulated scorer failure"
+            return ScoreResult(scores=scores, errors=errors, details=result.details)
+
+    suite = shapes_suite()
+    failing = dataclasses.replace(suite, make_scorer=FailingOnce)
+    first = run_benchmark(failing, _request(batch_size=8, score_timeout_s=None, score_retries=0), tmp_path, backend)
+    assert first["n_failed"] == 1
+    counters = EvalCounters()
+    second = run_benchmark(suite, _request(), tmp_path, backend, counters=counters)
+    assert counters.scored == 1
+    assert counters.reused_scores == 5
+    assert second["n_failed"] == 0
+
+
 def test_two_processes_match_one(tmp_path, random_shapes_dir):
     common = ["eval", "--model-path", str(random_shapes_dir), "--steps", "3", "--limit", "5", "--images-per-prompt", "1",
               "--seed", "2", "--device", "cpu"]

@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cogrpo.models.shapes import weights_available
+from cogrpo.models.shapes_components import ASSET_DIR
 from cogrpo.rl.config import TrainConfig
 from cogrpo.rl.run import train
 
@@ -71,17 +73,35 @@ def test_resume_rejects_changed_config(tmp_path, random_shapes_dir):
         train(changed, resume=run, progress=False)
 
 
-def test_two_processes_match_one(tmp_path, random_shapes_dir):
+@pytest.mark.skipif(not weights_available(), reason="the embedded weights are not in this checkout")
+def test_two_processes_match_one(tmp_path):
+    # The embedded pretrained model, not the random one: its rewards differ within a group, so
+    # advantages are non-zero and the updates compared below really change the parameters.
+    base = {f"{k}": v for k, v in load_file(str(ASSET_DIR / "transformer" / "diffusion_pytorch_model.safetensors")).items()}
     single = tmp_path / "single"
-    train(_config(random_shapes_dir, single, 2), progress=False)
+    config = _config(ASSET_DIR, single, 2)
+    config.group_size = 4
+    # Each launched process runs one thread; so does this one, so that float rounding, and hence
+    # every sampled token and reward, is the same in both runs.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     double = tmp_path / "double"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29641", "-m", "cogrpo", "train"]
-    out = subprocess.run([*launch, *_options(random_shapes_dir, double, 2)], capture_output=True, text=True, timeout=600)
+    options = _options(ASSET_DIR, double, 2)
+    options[options.index("--group-size") + 1] = "4"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([*launch, *options], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     one, two = _final_weights(single), _final_weights(double)
     state = json.loads((sorted(double.glob("checkpoint-*"))[-1] / "trainer_state.json").read_text())
     assert state["world_size"] == 2
+    changed = [key for key in base if key in one and not torch.equal(one[key], base[key])]
+    assert changed, "no transformer parameter moved, so the comparison below would be vacuous"
     # Gradients are summed in a different order (per-rank partial sums, then an all-reduce), so
     # the float32 results agree to rounding, not bit for bit.
     for key in one:

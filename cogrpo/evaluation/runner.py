@@ -6,10 +6,15 @@ are written in the benchmark's official layout (write to a temporary file, then
 rename), scores are appended to one JSONL file per process keyed by the image's
 SHA-256, and a rerun of the same command skips every image and score already
 done. Rank 0 gathers the records and writes the result JSON atomically.
+
+A grid layout (DPG-Bench: one 2x2 grid per prompt) generates each tile with its
+own seed, (seed, prompt index, image index x tiles + tile index), and writes the
+grid file only when all of its tiles are decoded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -23,10 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from cogrpo.checkpoint_io import atomic_write_bytes, atomic_write_json
+from cogrpo.evaluation.layouts import JPEG_QUALITY, compose_grid
 from cogrpo.evaluation.suites import BenchmarkSuite
+from cogrpo.rewards.guard import GuardedScorer
+from cogrpo.models.precision import dtype_name
 from cogrpo.rl.trainer import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -56,6 +65,12 @@ class EvalRequest:
     schedule_name: str = "default"
     score_only: bool = False
     model_info: dict[str, Any] = field(default_factory=dict)
+    # Seconds one scorer batch call may take (0 disables the timeout), and retries after a call raises.
+    score_timeout_s: float = 600.0
+    score_retries: int = 2
+    # Compute dtype of the generating model, e.g. "bfloat16". None takes the backend's, and stays None
+    # for --score-only runs, whose images were generated elsewhere.
+    dtype: str | None = None
 
 
 def image_sha256(path: Path) -> str:
@@ -65,6 +80,15 @@ def image_sha256(path: Path) -> str:
 def _png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image_bytes(image: np.ndarray, suffix: str) -> bytes:
+    """Encode ``image`` as JPEG (quality ``JPEG_QUALITY``) for a .jpg or .jpeg path, else as PNG."""
+    if suffix.lower() not in {".jpg", ".jpeg"}:
+        return _png_bytes(image)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 
@@ -135,6 +159,9 @@ def run_benchmark(
     if not request.score_only:
         if backend is None:
             raise ValueError("a backend is needed to generate images; pass --score-only to score existing images")
+        if request.dtype is None:
+            compute_dtype = getattr(backend, "compute_dtype", torch.float32)
+            request = dataclasses.replace(request, dtype=dtype_name(compute_dtype))
         _generate(suite, request, image_root, backend, schedule, jobs, counters)
     scores_path = out_dir / f"scores-rank{rank:03d}-of-{world:03d}.jsonl"
     _score(suite, request, image_root, jobs, scores_path, counters)
@@ -147,6 +174,13 @@ def run_benchmark(
         records.update(_read_records(path))
     ordered = [records[(i, k)] for i in range(count) for k in range(images_per_prompt) if (i, k) in records]
     result = _result(suite, request, ordered, count, images_per_prompt, world)
+    extras = suite.extra_files(image_root, images_per_prompt)
+    if extras is not None:
+        # Files that no prompt's image path names are listed, never scored or dropped silently.
+        result["extra_files"] = extras
+        if extras:
+            logger.warning("%s: %d files are not images of this evaluation and were not scored, e.g. %s",
+                           image_root, len(extras), extras[0]["path"])
     atomic_write_json(out_dir / RESULT_FILE, result)
     return result
 
@@ -156,22 +190,34 @@ def _generate(suite, request, image_root, backend, schedule, jobs, counters) -> 
 
     missing = []
     for index, sample_index in jobs:
-        if suite.image_path(image_root, index, sample_index).exists():
+        if suite.find_image(image_root, index, sample_index) is not None:
             counters.reused_images += 1
         else:
             missing.append((index, sample_index))
-    for start in range(0, len(missing), request.batch_size):
-        batch = missing[start : start + request.batch_size]
-        prompts = [suite.entries[i]["prompt"] for i, _ in batch]
-        seeds = [derive_seed(request.seed, i, k) for i, k in batch]
+    # Batches hold tiles. An image file (a 2x2 grid when suite.tiles is 4) is written
+    # only once all its tiles are decoded, so a killed run leaves no partial grid and
+    # a rerun regenerates only the grids that were in progress. Tile t of image k
+    # uses the seed (seed, prompt index, k * tiles + t), which is (seed, i, k) for tiles=1.
+    tiles = suite.tiles
+    tile_jobs = [(i, k, t) for i, k in missing for t in range(tiles)]
+    pending: dict[tuple[int, int], list[np.ndarray | None]] = {}
+    for start in range(0, len(tile_jobs), request.batch_size):
+        batch = tile_jobs[start : start + request.batch_size]
+        prompts = [suite.entries[i]["prompt"] for i, _, _ in batch]
+        seeds = [derive_seed(request.seed, i, k * tiles + t) for i, k, t in batch]
         trajectory = sample(backend, prompts, image_generators(seeds), steps=request.steps, schedule=schedule,
                             schedule_mode="mean", chunk_size=request.batch_size)
         images = backend.decode(trajectory.tokens.view(-1, *trajectory.grid))
-        for (index, sample_index), image in zip(batch, images):
+        for (index, sample_index, tile), image in zip(batch, images):
+            parts = pending.setdefault((index, sample_index), [None] * tiles)
+            parts[tile] = image
+            if any(part is None for part in parts):
+                continue
+            del pending[(index, sample_index)]
             suite.write_prompt_files(image_root, index)
             path = suite.image_path(image_root, index, sample_index)
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, _png_bytes(image))
+            atomic_write_bytes(path, _image_bytes(compose_grid(parts), path.suffix))
             counters.generated += 1
 
 
@@ -179,16 +225,19 @@ def _score(suite, request, image_root, jobs, scores_path, counters) -> None:
     done = _read_records(scores_path)
     todo = []
     for index, sample_index in jobs:
-        path = suite.image_path(image_root, index, sample_index)
+        path = suite.find_image(image_root, index, sample_index) or suite.image_path(image_root, index, sample_index)
         digest = image_sha256(path) if path.exists() else None
         previous = done.get((index, sample_index))
-        if previous is not None and previous.get("image_sha256") == digest:
+        # A failed score (timeout, scorer error) is retried on a rerun; a missing image stays
+        # failed until the image appears, which changes its digest.
+        settled = previous is not None and (previous.get("score") is not None or digest is None)
+        if settled and previous.get("image_sha256") == digest:
             counters.reused_scores += 1
             continue
         todo.append((index, sample_index, path, digest))
     if not todo:
         return
-    scorer = suite.make_scorer()
+    scorer = GuardedScorer.wrap(suite.make_scorer(), timeout_s=request.score_timeout_s, retries=request.score_retries)
     scores_path.parent.mkdir(parents=True, exist_ok=True)
     with scores_path.open("a", encoding="utf-8") as handle:
         for start in range(0, len(todo), request.batch_size):
@@ -205,7 +254,8 @@ def _score(suite, request, image_root, jobs, scores_path, counters) -> None:
                     continue
                 images.append(path)
                 prompts.append(entry["prompt"])
-                metadata.append(entry if "include" in entry else None)
+                # GenEval-style entries carry their clauses, DPG entries the item id of their questions.
+                metadata.append(entry if "include" in entry or "item_id" in entry else None)
                 rows.append(record)
             if images:
                 result = scorer.score_detailed(images, prompts, metadata)
@@ -214,7 +264,8 @@ def _score(suite, request, image_root, jobs, scores_path, counters) -> None:
                     if error or record["score"] is None:
                         record["error"] = error or "score is not finite"
                     if detail:
-                        record["details"] = {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool))}
+                        record["details"] = {k: v for k, v in detail.items()
+                                             if isinstance(v, (str, int, float, bool)) or k in suite.detail_keys}
                     handle.write(json.dumps(record) + "\n")
                     counters.scored += 1
             handle.flush()
@@ -234,9 +285,11 @@ def _result(suite, request, records, count, images_per_prompt, world) -> dict[st
         "schedule": request.schedule_name,
         "steps": request.steps,
         "seed": request.seed,
-        "seed_rule": "derive_seed(seed, prompt_index, image_index)",
+        "seed_rule": ("derive_seed(seed, prompt_index, image_index)" if suite.tiles == 1 else
+                      f"derive_seed(seed, prompt_index, image_index * {suite.tiles} + tile_index)"),
         "images_per_prompt": images_per_prompt,
-        "dtype": "float32",
+        "tiles_per_image": suite.tiles,
+        "dtype": request.dtype,
         "world_size": world,
         "score_only": request.score_only,
         "partial": count < len(suite.entries),
@@ -264,6 +317,8 @@ def evaluate_in_memory(
     """Evaluate without writing files (used for the trainer's periodic and final tables)."""
     from cogrpo.sampling.sampler import image_generators, sample
 
+    if suite.tiles != 1:
+        raise ValueError(f"benchmark {suite.name!r} scores grids of {suite.tiles} tiles; evaluate it with run_benchmark")
     total = len(suite.entries)
     # A limited evaluation takes evenly spaced prompts, so every tag stays represented.
     indices = list(range(total)) if limit is None or limit >= total else sorted({int(i) for i in np.linspace(0, total - 1, limit)})

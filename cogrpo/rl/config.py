@@ -16,7 +16,8 @@ MODES: tuple[str, ...] = ("co", "model", "schedule")
 
 # Fields that do not change what a run computes, so a resumed run may change them.
 NON_TRAINING_FIELDS = frozenset(
-    {"iterations", "out", "eval_every", "eval_limit", "checkpoint_every", "keep_checkpoints", "log_every", "device", "final_eval"}
+    {"iterations", "out", "eval_every", "eval_limit", "checkpoint_every", "keep_checkpoints", "log_every", "device", "final_eval",
+     "reward_timeout_s", "reward_retries", "collective_timeout_s"}
 )
 
 
@@ -59,7 +60,17 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     max_consecutive_skips: int = 5
+    # Seconds one reward batch call may take (0 disables the timeout), and retries after a call raises.
+    reward_timeout_s: float = 600.0
+    reward_retries: int = 2
+    # Seconds a process waits in a collective (all-reduce, barrier) before it fails. It must exceed the
+    # longest work that rank 0 does alone while the others wait: held-out evaluation and checkpoint writes.
+    collective_timeout_s: float = 1800.0
     gradient_checkpointing: bool = False
+    # Build the model from its configuration with random weights, for smoke tests. Result files mark such runs.
+    random_weights: bool = False
+    # Autocast dtype of transformer forward passes: auto (bf16 on CUDA, fp32 elsewhere), bf16 or fp32.
+    dtype: str = "auto"
     device: str = "auto"
     out: str = "runs/shapes-co"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +108,14 @@ class TrainConfig:
         check(self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0 disables periodic checkpoints)")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
         check(self.max_consecutive_skips >= 1, "max_consecutive_skips", "an integer >= 1")
+        from cogrpo.models.precision import DTYPE_CHOICES
+
+        check(self.dtype in DTYPE_CHOICES, "dtype", f"one of {', '.join(DTYPE_CHOICES)}")
+        check(not (self.random_weights and self.model_path), "random_weights",
+              "False when model_path is set (random weights are built from the model's configuration, not loaded)")
+        check(self.reward_timeout_s >= 0, "reward_timeout_s", "seconds >= 0 (0 disables the timeout)")
+        check(self.reward_retries >= 0, "reward_retries", "an integer >= 0")
+        check(self.collective_timeout_s > 0, "collective_timeout_s", "a positive number of seconds")
         from cogrpo.sampling.schedule import KNOBS
 
         unknown = set(self.schedule_knobs) - set(KNOBS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -34,6 +35,10 @@ class ResumeMismatchError(RuntimeError):
     """A checkpoint whose configuration, world size or base model differs from the current run."""
 
 
+class RankOutOfMemory(RuntimeError):
+    """An out-of-memory error in this process, which then stopped without entering another collective."""
+
+
 def resolve_device(name: str) -> torch.device:
     """Return the device for ``"auto"`` (CUDA when available), or the named one."""
     if name == "auto":
@@ -42,14 +47,31 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_backend(config: TrainConfig, device: torch.device):
-    """Build the model backend named by the configuration."""
+    """Build the model backend named by the configuration, with its compute dtype set from ``config.dtype``."""
     from cogrpo.catalog import MODELS
+    from cogrpo.models.precision import resolve_dtype
 
     loader = MODELS.get(config.model)
     kwargs: dict[str, Any] = {"device": device}
+    if config.random_weights:
+        kwargs["random_weights"] = True
     if config.model_path is not None:
         kwargs["path"] = config.model_path
-    return loader(**kwargs)
+    backend = loader(**kwargs)
+    backend.compute_dtype = resolve_dtype(config.dtype, device)
+    return backend
+
+
+def model_info(config: TrainConfig, backend) -> dict[str, Any]:
+    """Return the base model's description for result files: name, revision, random weights and compute dtype."""
+    from cogrpo.models.precision import dtype_name
+
+    return {
+        "name": getattr(backend, "name", config.model),
+        "revision": getattr(backend, "revision", None),
+        "random_weights": config.random_weights,
+        "dtype": dtype_name(getattr(backend, "compute_dtype", torch.float32)),
+    }
 
 
 def build_reward(spec: str, device: torch.device | None = None):
@@ -68,9 +90,17 @@ def save_checkpoint(trainer: CoGRPOTrainer, run_dir: Path) -> Path | None:
     """Write an atomic checkpoint of the trainer (rank 0 writes; every rank waits)."""
     accelerator = trainer.accelerator
     accelerator.wait_for_everyone()
+    digests = [parameter_digest(trainer)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        digests = gather_object(digests)
     path = None
     if accelerator.is_main_process:
         config = trainer.config
+        if len(set(digests)) > 1:
+            logger.error("iteration %d: the trained parameters differ between ranks (SHA-256 per rank: %s). "
+                         "The checkpoint contains rank 0's copy", trainer.iteration, digests)
 
         def write(folder: Path) -> None:
             save_file(trainable_state(trainer.unwrapped_transformer), str(folder / "model.safetensors"))
@@ -81,6 +111,7 @@ def save_checkpoint(trainer: CoGRPOTrainer, run_dir: Path) -> Path | None:
             if trainer.schedule_optimizer is not None:
                 save_optimizer(trainer.schedule_optimizer, folder, "schedule_optimizer")
             state = {
+                "rank_parameter_sha256": digests,
                 "iteration": trainer.iteration,
                 "consecutive_skips": trainer.consecutive_skips,
                 "config": config.to_dict(),
@@ -97,6 +128,17 @@ def save_checkpoint(trainer: CoGRPOTrainer, run_dir: Path) -> Path | None:
         prune_checkpoints(run_dir, config.keep_checkpoints)
     accelerator.wait_for_everyone()
     return path
+
+
+def parameter_digest(trainer: CoGRPOTrainer) -> str:
+    """Return the SHA-256 of this process's trainable model parameters and schedule policy state."""
+    digest = hashlib.sha256()
+    tensors = {**trainable_state(trainer.unwrapped_transformer),
+               **{f"schedule.{k}": v for k, v in trainer.schedule_policy.state_dict().items()}}
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(trainer: CoGRPOTrainer, path: Path, allow_mismatch: bool = False) -> dict[str, Any]:
@@ -163,18 +205,30 @@ class MetricsLogger:
                 self.writer.close()
 
 
-def make_accelerator(device: torch.device):
-    """Return an accelerate ``Accelerator`` for ``device`` (gloo on CPU when launched with several processes)."""
+def make_accelerator(device: torch.device, collective_timeout_s: float | None = None):
+    """Return an accelerate ``Accelerator`` for ``device`` (gloo on CPU when launched with several processes).
+
+    ``collective_timeout_s`` sets the process-group timeout, so a process waiting in a collective for a
+    peer that died or hangs raises instead of waiting forever (None keeps PyTorch's default).
+    """
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device.type == "cpu")
+    handlers = []
+    if collective_timeout_s is not None:
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s)))
+    return Accelerator(cpu=device.type == "cpu", kwargs_handlers=handlers)
 
 
-def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | Path | None = None):
+def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | Path | None = None,
+                 dtype: str | None = None):
     """Load a trained run for sampling or evaluation: returns (backend, schedule policy, info).
 
     ``run_dir`` may be a run folder (its newest valid checkpoint is used) or a
-    checkpoint folder.
+    checkpoint folder. ``dtype`` replaces the run's compute dtype setting.
     """
     from cogrpo.checkpoint_io import verify_checkpoint
     from cogrpo.sampling.schedule import SchedulePolicy
@@ -190,7 +244,8 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkp
         raise FileNotFoundError(f"no valid checkpoint found in {run_dir}; expected checkpoint-<iteration> folders written by `cogrpo train`")
     manifest = verify_checkpoint(path)
     state = json.loads((path / TRAINER_STATE).read_text())
-    config = TrainConfig.from_dict({**state["config"], "device": str(device)}, source=str(path / TRAINER_STATE))
+    overrides = {"device": str(device)} if dtype is None else {"device": str(device), "dtype": dtype}
+    config = TrainConfig.from_dict({**state["config"], **overrides}, source=str(path / TRAINER_STATE))
     backend = build_backend(config, torch.device(device))
     if state.get("lora"):
         from peft import LoraConfig
@@ -215,7 +270,8 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkp
     checkpoint_hash = __import__("hashlib").sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
     info = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_hash, "iteration": state["iteration"],
             "mode": config.mode, "steps": config.steps, "base_model": state.get("base_model"),
-            "base_model_revision": state.get("base_model_revision")}
+            "base_model_revision": state.get("base_model_revision"), "random_weights": config.random_weights,
+            "dtype": model_info(config, backend)["dtype"]}
     return backend, policy, info
 
 
@@ -227,7 +283,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    accelerator = make_accelerator(device)
+    accelerator = make_accelerator(device, config.collective_timeout_s)
     run_dir = Path(resume) if resume else Path(config.out)
     backend = build_backend(config, device)
     scorer = reward if reward is not None else build_reward(config.reward, device)
@@ -248,6 +304,8 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
     summary_path = run_dir / "summary.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.setdefault("config", config.to_dict())
+    # Written on every start, so a resumed run records the dtype it ran in last.
+    summary["model"] = model_info(config, backend)
     summary.setdefault("resumes", [])
     if resumed:
         summary["resumes"].append(resumed)
@@ -270,7 +328,20 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
     with Progress(*columns, disable=not (progress and is_main)) as bar:
         task = bar.add_task(f"train ({config.mode})", total=config.iterations, completed=trainer.iteration, status="")
         while trainer.iteration < config.iterations:
-            result = trainer.train_iteration()
+            # A process that fails mid-iteration must not enter another collective, such as a checkpoint's
+            # barrier, because its peers may be blocked in a different one and mismatched collectives hang.
+            # So it logs, raises and exits. Its peers are then stopped by the launcher (torchrun and
+            # `accelerate launch` stop every worker when one exits with an error), by gloo's error on the
+            # closed connection, or at the latest by the process-group timeout ``collective_timeout_s``.
+            try:
+                result = trainer.train_iteration()
+            except torch.OutOfMemoryError as error:
+                logger.error("iteration %d (rank %d): out of memory: %s; stopping this process, the last checkpoint is kept",
+                             trainer.iteration, accelerator.process_index, error)
+                raise RankOutOfMemory(
+                    f"rank {accelerator.process_index} ran out of memory at iteration {trainer.iteration}; resume "
+                    f"from the last checkpoint with a smaller chunk_size or prompts_per_iteration"
+                ) from error
             metrics = dict(result.metrics)
             metrics["phase/model"] = 1.0 if result.phase == "model" else 0.0
             metrics["skipped"] = float(result.skipped)

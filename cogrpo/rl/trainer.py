@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cogrpo.faults import FaultPlan
 from cogrpo.models.base import MaskedImageBackend, PromptEmbeddings
 from cogrpo.rewards.base import Scorer
+from cogrpo.rewards.guard import GuardedScorer
 from cogrpo.rl.config import TrainConfig
 from cogrpo.rl.objective import clipped_objective, group_advantages, k3_kl
 from cogrpo.sampling.sampler import Trajectory, UnconditionalCache, committed_log_prob, image_generators, sample
@@ -45,6 +47,14 @@ logger = logging.getLogger(__name__)
 
 class TrainingAborted(RuntimeError):
     """Training stopped because too many consecutive updates were skipped."""
+
+
+@dataclass
+class SkipReport:
+    """The cause of a skipped update: the inner epoch and the ranks whose loss or gradients were not finite."""
+
+    epoch: int
+    ranks: list[int]
 
 
 def derive_seed(*parts: int) -> int:
@@ -108,10 +118,12 @@ class CoGRPOTrainer:
 
         self.config = config
         self.backend = backend
-        self.reward = reward
+        self.reward = GuardedScorer.wrap(reward, timeout_s=config.reward_timeout_s, retries=config.reward_retries)
         self.prompts = prompts or PromptSource(config.prompts)
         self.accelerator = accelerator or Accelerator(cpu=backend.device.type == "cpu")
         world = self.accelerator.num_processes
+        self.faults = FaultPlan.from_env()
+        self.faults.check_world_size(world)
         if config.prompts_per_iteration % world:
             raise ValueError(
                 f"invalid prompts_per_iteration={config.prompts_per_iteration}; it must be divisible by the "
@@ -151,8 +163,11 @@ class CoGRPOTrainer:
             self.model_params = list(transformer.parameters())
             if config.kl_weight > 0:
                 self.reference = copy.deepcopy(transformer).requires_grad_(False).eval()
-        if config.gradient_checkpointing and hasattr(transformer, "enable_gradient_checkpointing"):
-            transformer.enable_gradient_checkpointing()
+        if config.gradient_checkpointing:
+            if not hasattr(self.backend, "enable_gradient_checkpointing"):
+                name = getattr(self.backend, "name", type(self.backend).__name__)
+                raise ValueError(f"backend {name!r} does not support gradient checkpointing; run without --gradient-checkpointing")
+            self.backend.enable_gradient_checkpointing()
         transformer.eval()  # no dropout in rollouts or recomputation
         if self.model_params:
             self.model_optimizer = torch.optim.AdamW(self.model_params, lr=config.lr_model, weight_decay=config.weight_decay)
@@ -221,21 +236,34 @@ class CoGRPOTrainer:
             uncond_cache=self.uncond_cache,
         )
 
-    def score(self, trajectory: Trajectory, entries: list[dict[str, Any]]) -> np.ndarray:
-        """Decode and score the images; failed rewards are NaN."""
+    def score(self, trajectory: Trajectory, entries: list[dict[str, Any]], indices: list[int] | None = None) -> np.ndarray:
+        """Decode and score the images; failed rewards are NaN.
+
+        ``indices`` are the images' global indices from ``local_batch``, used to name prompts in logs.
+        """
         images = []
         for start in range(0, len(trajectory), self.config.chunk_size):
             grid = trajectory.tokens[start : start + self.config.chunk_size].view(-1, *trajectory.grid)
             images.extend(self.backend.decode(grid))
         metadata = [e if "include" in e else None for e in entries]
         result = self.reward.score_detailed(images, [e["prompt"] for e in entries], metadata)
-        for index, error in enumerate(result.errors):
+        scores = result.scores
+        errors = list(result.errors) or [None] * len(images)
+        if self._fault("nan_reward"):
+            scores = np.full(len(images), np.nan, dtype=np.float32)
+            errors = ["injected fault nan_reward"] * len(images)
+        if indices is None:
+            indices = self.local_batch(self.iteration)[1]
+        rank = self.accelerator.process_index
+        for index, error in enumerate(errors):
             if error:
-                logger.warning("reward failed for image %d of prompt %r: %s", index, entries[index]["prompt"], error)
-        rewards = result.scores.astype(np.float32)
+                logger.warning("iteration %d (rank %d): reward failed for image %d of prompt %d (%r): %s", self.iteration,
+                               rank, indices[index], indices[index] // self.config.group_size, entries[index]["prompt"], error)
+        rewards = scores.astype(np.float32)
         non_finite = ~np.isfinite(rewards)
         if non_finite.any():
-            logger.warning("%d of %d rewards are not finite; they get advantage 0", int(non_finite.sum()), len(rewards))
+            logger.warning("iteration %d (rank %d): %d of %d rewards are not finite; they get advantage 0",
+                           self.iteration, rank, int(non_finite.sum()), len(rewards))
             rewards = np.where(non_finite, np.nan, rewards).astype(np.float32)
         return rewards
 
@@ -248,21 +276,26 @@ class CoGRPOTrainer:
         start = time.perf_counter()
         trajectory = self.rollout(iteration, entries, indices)
         rollout_time = time.perf_counter() - start
-        rewards = self.score(trajectory, entries)
+        rewards = self.score(trajectory, entries, indices)
         advantages = group_advantages(torch.from_numpy(rewards).view(-1, config.group_size)).flatten()
         update_start = time.perf_counter()
+        self._inject_process_fault()
         if phase == "model":
-            metrics, skipped = self._update_model(iteration, trajectory, advantages)
+            metrics, skip = self._update_model(iteration, trajectory, advantages, indices)
         else:
-            metrics, skipped = self._update_schedule(trajectory, advantages)
+            metrics, skip = self._update_schedule(trajectory, advantages)
+        skipped = skip is not None
         metrics.update(self._reward_metrics(rewards, advantages))
         metrics["time/rollout_s"] = rollout_time
         metrics["time/update_s"] = time.perf_counter() - update_start
-        if skipped:
+        if skip is not None:
             self.consecutive_skips += 1
+            prompt_ids = sorted({i // config.group_size for i in indices})
             logger.warning(
-                "iteration %d (rank %d): skipped the %s update because a loss or gradient was not finite; prompts %s",
-                iteration, self.accelerator.process_index, phase, sorted({e["prompt"] for e in entries}),
+                "iteration %d (rank %d): skipped the %s update at inner epoch %d because the loss or a gradient was not "
+                "finite on rank(s) %s; this rank's prompts %s: %s",
+                iteration, self.accelerator.process_index, phase, skip.epoch, skip.ranks, prompt_ids,
+                sorted({e["prompt"] for e in entries}),
             )
             if self.consecutive_skips >= config.max_consecutive_skips:
                 raise TrainingAborted(
@@ -275,6 +308,19 @@ class CoGRPOTrainer:
         self.history.append(result)
         self.iteration += 1
         return result
+
+    def _fault(self, kind: str) -> bool:
+        return self.faults.fires(kind, self.accelerator.process_index, self.iteration)
+
+    def _inject_process_fault(self) -> None:
+        """Raise out-of-memory or hang here when ``COGRPO_FAULT`` plans it for this process (tests only)."""
+        rank = self.accelerator.process_index
+        if self._fault("oom"):
+            raise torch.OutOfMemoryError(f"injected fault oom at iteration {self.iteration} on rank {rank}")
+        if self._fault("hang"):
+            logger.warning("iteration %d (rank %d): injected fault hang; sleeping until killed", self.iteration, rank)
+            while True:
+                time.sleep(60)
 
     def _reward_metrics(self, rewards: np.ndarray, advantages: torch.Tensor) -> dict[str, float]:
         finite = rewards[np.isfinite(rewards)]
@@ -292,22 +338,29 @@ class CoGRPOTrainer:
 
     # ------------------------------------------------------------------ updates
 
-    def _trained_steps(self, iteration: int, chunk: int) -> list[int]:
+    def _trained_steps(self, iteration: int, first_image: int) -> list[int]:
+        """Return the denoising steps trained for the chunk whose first image has global index ``first_image``.
+
+        Keying by the global image index (not the chunk's position on this process) gives every
+        image the same trained steps however the prompts are split across processes, provided
+        ``chunk_size`` divides the number of images per process.
+        """
         steps = self.config.steps
         count = max(1, int(round(self.config.train_step_fraction * steps)))
-        rng = np.random.default_rng([self.config.seed, iteration, 3, chunk])
+        rng = np.random.default_rng([self.config.seed, iteration, 3, first_image])
         return sorted(rng.choice(steps, size=count, replace=False).tolist())
 
-    def _update_model(self, iteration: int, trajectory: Trajectory, advantages: torch.Tensor) -> tuple[dict[str, float], bool]:
+    def _update_model(self, iteration: int, trajectory: Trajectory, advantages: torch.Tensor,
+                      indices: list[int]) -> tuple[dict[str, float], SkipReport | None]:
         config = self.config
         transformer = self.backend.transformer
         device = self.backend.device
         uncond = self.uncond_cache.get(self.backend)
         chunks = [slice(s, min(len(trajectory), s + config.chunk_size)) for s in range(0, len(trajectory), config.chunk_size)]
-        plan = [(c, step) for ci, c in enumerate(chunks) for step in self._trained_steps(iteration, ci)]
+        plan = [(c, step) for c in chunks for step in self._trained_steps(iteration, indices[c.start])]
         total_terms = sum(c.stop - c.start for c, _ in plan)
         stats: dict[str, list[float]] = {"clip_fraction": [], "approx_kl": [], "max_abs_ratio_minus_one": [], "kl_ref": [], "entropy": []}
-        skipped = False
+        skip = None
         losses = []
         for epoch in range(config.inner_epochs):
             self.model_optimizer.zero_grad(set_to_none=True)
@@ -325,6 +378,8 @@ class CoGRPOTrainer:
                     adv = advantages[rows].to(device)
                     loss_terms, term_stats = clipped_objective(new_logp - old_logp, adv, config.clip_range)
                     loss = loss_terms.sum() / total_terms
+                    if self._fault("nan_loss"):
+                        loss = loss * float("nan")
                     if config.kl_weight > 0:
                         ref_logp = self._reference_log_probs(trajectory, step, rows, cond, uncond)
                         committed = trajectory.committed_at(step, rows).to(device)
@@ -335,8 +390,11 @@ class CoGRPOTrainer:
                 epoch_loss += loss.detach()
                 for key, value in term_stats.items():
                     stats[key].append(float(value))
-            skipped = not self._finite_everywhere(epoch_loss, self.model_params)
-            if skipped:
+            if self._fault("nan_grad"):
+                _poison_first_gradient(self.model_params)
+            bad_ranks = self._non_finite_ranks(epoch_loss, self.model_params)
+            if bad_ranks:
+                skip = SkipReport(epoch, bad_ranks)
                 self.model_optimizer.zero_grad(set_to_none=True)
                 break
             grad_norm = self.accelerator.clip_grad_norm_(self.model_params, config.max_grad_norm)
@@ -348,7 +406,7 @@ class CoGRPOTrainer:
         if losses:
             metrics["loss/model"] = float(np.mean(losses))
         metrics["policy/model/trained_steps"] = float(len(plan))
-        return metrics, skipped
+        return metrics, skip
 
     def _reference_log_probs(self, trajectory, step, rows, cond, uncond) -> torch.Tensor:
         with torch.no_grad():
@@ -368,7 +426,7 @@ class CoGRPOTrainer:
                 model.enable_adapters()
             return per_token
 
-    def _update_schedule(self, trajectory: Trajectory, advantages: torch.Tensor) -> tuple[dict[str, float], bool]:
+    def _update_schedule(self, trajectory: Trajectory, advantages: torch.Tensor) -> tuple[dict[str, float], SkipReport | None]:
         config = self.config
         policy = self.schedule_policy
         raw = trajectory.raw_actions.to(policy.mean.device)
@@ -376,20 +434,25 @@ class CoGRPOTrainer:
         adv = advantages.to(policy.mean.device)[:, None].expand_as(old_logp)
         active_steps = policy.active.any(-1)  # (T,)
         stats: dict[str, list[float]] = {"clip_fraction": [], "approx_kl": [], "max_abs_ratio_minus_one": []}
-        skipped = False
+        skip = None
         for epoch in range(config.schedule_inner_epochs):
             self.schedule_optimizer.zero_grad(set_to_none=True)
             new_logp = policy.log_prob(raw)
             terms, term_stats = clipped_objective(new_logp - old_logp, adv, config.clip_range)
             loss = terms[:, active_steps].mean()
+            if self._fault("nan_loss"):
+                loss = loss * float("nan")
             loss.backward()
             params = [p for p in policy.parameters() if p.requires_grad]
             if self.accelerator.num_processes > 1:
                 for p in params:
                     if p.grad is not None:
                         p.grad = self.accelerator.reduce(p.grad, reduction="mean")
-            skipped = not self._finite_everywhere(loss.detach(), params)
-            if skipped:
+            if self._fault("nan_grad"):
+                _poison_first_gradient(params)
+            bad_ranks = self._non_finite_ranks(loss.detach(), params)
+            if bad_ranks:
+                skip = SkipReport(epoch, bad_ranks)
                 self.schedule_optimizer.zero_grad(set_to_none=True)
                 break
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -402,17 +465,28 @@ class CoGRPOTrainer:
         for index, knob in enumerate(("mask_ratio", "sample_temperature", "remask_temperature", "guidance")):
             values = mean.as_actions()[:, index]
             metrics[f"schedule/{knob}/mean"] = float(values.mean())
-        return metrics, skipped
+        return metrics, skip
 
-    def _finite_everywhere(self, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> bool:
-        """Return True when the loss and every gradient are finite on every process."""
+    def _non_finite_ranks(self, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[int]:
+        """Return the ranks whose loss or a gradient is not finite. Every process gets the same list.
+
+        The flags are gathered from all processes, so a NaN on one rank makes every rank skip the update
+        and the parameters stay identical across ranks.
+        """
         finite = bool(torch.isfinite(loss).all())
         for p in params:
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                 finite = False
                 break
-        flag = torch.tensor([1.0 if finite else 0.0], device=self.backend.device)
+        flags = torch.tensor([0.0 if finite else 1.0], device=self.backend.device)
         if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
-            return bool(flag.item() == self.accelerator.num_processes)
-        return finite
+            flags = self.accelerator.gather(flags)
+        return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+
+def _poison_first_gradient(params: list[torch.nn.Parameter]) -> None:
+    """Set the first element of the first gradient to NaN (the ``nan_grad`` fault)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad[(0,) * p.grad.dim()] = float("nan")
+            return

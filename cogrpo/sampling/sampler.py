@@ -149,8 +149,12 @@ def guided_logits(
 
 def token_log_probs(logits: torch.Tensor, sample_temperature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Return log p(tokens) (B, L) under ``softmax(logits / tau_s)``."""
-    log_probs = F.log_softmax(logits / sample_temperature.view(-1, 1, 1), dim=-1)
-    return log_probs.gather(-1, tokens[..., None].clamp_max(logits.shape[-1] - 1))[..., 0]
+    return _scaled_token_log_probs(logits / sample_temperature.view(-1, 1, 1), tokens)
+
+
+def _scaled_token_log_probs(scaled_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    log_probs = F.log_softmax(scaled_logits, dim=-1)
+    return log_probs.gather(-1, tokens[..., None].clamp_max(scaled_logits.shape[-1] - 1))[..., 0]
 
 
 def committed_log_prob(
@@ -199,7 +203,10 @@ def _decode_chunk(
     for step in range(steps):
         ratio, sample_temperature, remask_temperature, guidance = actions_device[:, step].unbind(-1)
         logits = guided_logits(backend, tokens.view(batch, h, w), cond, uncond, guidance)
-        probs = F.softmax(logits / sample_temperature.view(-1, 1, 1), dim=-1)  # (B, L, K)
+        # Divided once for both the sampling softmax and the log-probabilities. token_log_probs divides the
+        # same way, so a recomputation in the trainer gives bitwise the same values.
+        scaled_logits = logits / sample_temperature.view(-1, 1, 1)
+        probs = F.softmax(scaled_logits, dim=-1)  # (B, L, K)
         unknown = tokens == mask_id
         # Sampling uses each image's generator, on the generator's device, as aMUSEd's scheduler does;
         # generators on the model's device avoid copying the probabilities to the host.
@@ -223,7 +230,7 @@ def _decode_chunk(
             cut_off = confidence.sort(dim=-1).values.gather(1, mask_len.long())
             remask = confidence < cut_off
         newly = unknown & ~remask
-        per_token = token_log_probs(logits, sample_temperature, sampled)
+        per_token = _scaled_token_log_probs(scaled_logits, sampled)
         model_logp[:, step] = torch.where(newly, per_token, torch.zeros_like(per_token)).sum(-1).cpu()
         commit_step = torch.where(newly, torch.full_like(commit_step, step), commit_step)
         tokens = torch.where(remask, torch.full_like(sampled, mask_id), sampled)

@@ -27,9 +27,22 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Exit code of `cogrpo eval` when samples failed and --allow-partial was not given (result.json is still written).
+EXIT_FAILED_SAMPLES = 5
+
+
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=2)
+
+
+def _enable_deterministic() -> None:
+    from cogrpo.determinism import DeterminismError, enable_deterministic
+
+    try:
+        enable_deterministic()
+    except DeterminismError as error:
+        _fail(str(error))
 
 
 @app.command("list")
@@ -190,7 +203,8 @@ def train(
     config: Optional[Path] = typer.Option(None, help="YAML preset; command-line options override its values."),
     model: Optional[str] = typer.Option(None, help="Registered model backend (default: shapes)."),
     model_path: Optional[str] = typer.Option(None, help="Local weights folder for the backend."),
-    reward: Optional[str] = typer.Option(None, help="Reward name or weighted mix, e.g. 'hps=1,imagereward=0.5' (default: shapes)."),
+    reward: Optional[str] = typer.Option(None, help="Reward name, weighted mix such as 'hps=1,imagereward=0.5', or the URL of a "
+                                         "scoring server, e.g. http://127.0.0.1:8000/score (default: shapes)."),
     prompts: Optional[str] = typer.Option(None, help="'shapes' or a .txt / GenEval .jsonl prompt file."),
     mode: Optional[str] = typer.Option(None, help="co (Co-GRPO), model (naive GRPO, default schedule) or schedule (frozen model)."),
     iterations: Optional[int] = typer.Option(None, help="Training iterations (each: one rollout and one update)."),
@@ -214,6 +228,12 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, or auto."),
     reward_timeout: Optional[float] = typer.Option(None, help="Seconds one reward batch call may take before its images count as failed (0 = no limit; default 600)."),
     reward_retries: Optional[int] = typer.Option(None, help="Retries, with doubling backoff, of a reward call that raised (default 2)."),
+    max_invalid_reward_fraction: Optional[float] = typer.Option(
+        None, help="Skip an iteration's update on every process when more than this share of its rewards is invalid "
+        "(default 0.05); failures go to RUN_DIR/failures.jsonl, and skips count towards the consecutive-skip limit."),
+    deterministic: Optional[bool] = typer.Option(
+        None, "--deterministic", help="Use deterministic PyTorch algorithms (set before CUDA starts; recorded in "
+        "summary.json). Runs match only on the same versions, hardware and number of processes."),
     random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="Build the model at full size with random weights, without downloads (smoke tests only)."),
     dtype: Optional[str] = typer.Option(None, help="Compute dtype of the transformer: bf16 (autocast), fp32, or auto (default: bf16 on CUDA, fp32 otherwise)."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute transformer block activations in the backward pass to save memory."),
@@ -233,7 +253,11 @@ def train(
         clip_range=clip_range, kl_weight=kl_weight, seed=seed, chunk_size=chunk_size, eval_every=eval_every,
         checkpoint_every=checkpoint_every, final_eval=final_eval, out=out, device=device,
         reward_timeout_s=reward_timeout, reward_retries=reward_retries,
+        max_invalid_reward_fraction=max_invalid_reward_fraction, deterministic=deterministic,
         random_weights=random_weights, dtype=dtype, gradient_checkpointing=gradient_checkpointing).items() if v is not None}
+    from cogrpo.determinism import DeterminismError
+    from cogrpo.rewards.remote import RemoteScorerError
+
     try:
         if resume is not None and config is None:
             cfg = _config_of_run(resume, overrides)
@@ -244,7 +268,7 @@ def train(
         _check_reward_name(cfg.reward)
         _warn_random_weights({"random_weights": cfg.random_weights})
         summary = run_training(cfg, resume=resume, allow_inexact_resume=allow_inexact_resume)
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except (ValueError, FileNotFoundError, KeyError, RemoteScorerError, DeterminismError) as error:
         _fail(str(error))
     except TrainingAborted as error:
         console.print(f"[red]training stopped:[/red] {error}")
@@ -273,7 +297,10 @@ def _config_of_run(run_dir: Path, overrides: dict):
 
 def _check_reward_name(spec: str) -> None:
     from cogrpo.catalog import REWARDS
+    from cogrpo.rewards.remote import is_remote_spec
 
+    if is_remote_spec(spec):
+        return
     names = [part.split("=")[0].strip() for part in spec.split(",")]
     for name in names:
         REWARDS.entry(name)
@@ -313,6 +340,12 @@ def evaluate(
     dtype: str = typer.Option("auto", help="Compute dtype of the transformer: bf16 (autocast), fp32, or auto (bf16 on CUDA, fp32 otherwise)."),
     score_timeout: float = typer.Option(600.0, help="Seconds one scorer batch call may take before its images count as failed (0 = no limit)."),
     score_retries: int = typer.Option(2, help="Retries, with doubling backoff, of a scorer call that raised."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help=f"Exit with code 0 even when samples failed (default: exit code {EXIT_FAILED_SAMPLES}). "
+        "result.json is written either way, with n_failed."),
+    deterministic: bool = typer.Option(
+        False, "--deterministic", help="Use deterministic PyTorch algorithms (set before CUDA starts; recorded in "
+        "result.json). Runs match only on the same versions, hardware and number of processes."),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
     detector: Optional[str] = typer.Option(
         None, help="GenEval only: mask2former (default; transformers checkpoint, not the official mmdet one, so "
@@ -332,8 +365,13 @@ def evaluate(
         None, help="dpg only: VQA model, blip (default; not comparable with published numbers) or mplug (the "
         "official mPLUG-large; needs modelscope)."),
 ) -> None:
-    """Evaluate a model on a benchmark; rerunning the same command resumes."""
+    """Evaluate a model on a benchmark; rerunning the same command resumes.
+
+    Exits with code 5 when samples failed (missing or unreadable images, scorer errors), unless --allow-partial.
+    """
     _setup_logging(False)
+    if deterministic:
+        _enable_deterministic()
     from cogrpo.catalog import BENCHMARKS
     from cogrpo.evaluation.runner import EvalRequest, run_benchmark
     from cogrpo.rl.run import make_accelerator, resolve_device
@@ -365,7 +403,7 @@ def evaluate(
         _warn_random_weights(info)
     request = EvalRequest(steps=steps, seed=seed, images_per_prompt=images_per_prompt, limit=limit,
                           batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info,
-                          score_timeout_s=score_timeout, score_retries=score_retries)
+                          score_timeout_s=score_timeout, score_retries=score_retries, allow_partial=allow_partial)
     result = run_benchmark(suite, request, out.resolve(), backend, policy if schedule == "learned" else None, accelerator)
     if result is not None:
         table = Table(title=f"{result['benchmark']['name']} v{result['benchmark']['version']}"
@@ -381,6 +419,15 @@ def evaluate(
             console.print(f"[yellow]{len(result['extra_files'])} files in {out / 'images'} are not images of this "
                           f"benchmark and were not scored; they are listed under extra_files in result.json[/yellow]")
         console.print(f"result written to {out / 'result.json'}")
+        if result["n_failed"]:
+            if not allow_partial:
+                console.print(f"[red]error:[/red] {result['n_failed']} of {result['n_samples']} samples failed (see "
+                              f"'error' in the samples of result.json); the metrics count them as the benchmark's "
+                              f"rules say. Rerun the same command to retry them, or pass --allow-partial to accept "
+                              f"the result.")
+                raise typer.Exit(code=EXIT_FAILED_SAMPLES)
+            console.print(f"[yellow]{result['n_failed']} of {result['n_samples']} samples failed; accepted because "
+                          f"of --allow-partial[/yellow]")
 
 
 PROMPT_FILE_BENCHMARKS = ("hps", "imagereward", "dpg", "dpg-legacy")
@@ -429,10 +476,12 @@ def score(
     _setup_logging(False)
     from cogrpo.rl.run import build_reward
 
+    from cogrpo.rewards.remote import RemoteScorerError
+
     try:
         _check_reward_name(reward)
         scorer = build_reward(reward)
-    except (KeyError, ValueError, FileNotFoundError) as error:
+    except (KeyError, ValueError, FileNotFoundError, RemoteScorerError) as error:
         _fail(str(error))
     meta = json.loads(metadata.read_text()) if metadata else None
     result = scorer.score_detailed([str(p) for p in images], [prompt] * len(images), [meta] * len(images) if meta else None)
@@ -477,17 +526,26 @@ def reproduce(
 def tables(
     results: Path = typer.Option(Path("results"), help="Folder of result JSON files."),
     check: bool = typer.Option(False, "--check", help="Fail when the committed tables differ from a fresh build."),
+    force: bool = typer.Option(
+        False, "--force", help="Build tables even when results of one benchmark version have different prompt "
+        "files; each prompt file then gets its own table."),
 ) -> None:
-    """Build Markdown and LaTeX tables from result files (and a PNG plot of quality against steps)."""
-    from cogrpo.evaluation.tables import build_tables, check_tables
+    """Build Markdown and LaTeX tables from result files (and a PNG plot of quality against steps).
 
-    if check:
-        stale = check_tables(results)
-        if stale:
-            _fail("tables are out of date: " + ", ".join(stale) + ". Run `cogrpo tables` and commit the result.")
-        console.print("tables are up to date")
-        return
-    written = build_tables(results)
+    Fails when results of the same benchmark version were made with different prompt files, unless --force.
+    """
+    from cogrpo.evaluation.tables import MixedPromptFilesError, build_tables, check_tables
+
+    try:
+        if check:
+            stale = check_tables(results, force=force)
+            if stale:
+                _fail("tables are out of date: " + ", ".join(stale) + ". Run `cogrpo tables` and commit the result.")
+            console.print("tables are up to date")
+            return
+        written = build_tables(results, force=force)
+    except MixedPromptFilesError as error:
+        _fail(str(error))
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 

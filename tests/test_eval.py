@@ -165,3 +165,142 @@ def test_partial_results_stay_out_of_tables(tmp_path, backend):
     result = run_benchmark(shapes_suite(), _request(), tmp_path / "run", backend)
     assert result["partial"]
     assert benchmark_tables([result]) == {}
+
+
+def test_result_records_samples_hash_and_scorer(tmp_path, backend):
+    import dataclasses
+
+    suite = shapes_suite()
+    result = run_benchmark(suite, _request(), tmp_path / "original", backend)
+
+    assert len(result["samples_sha256"]) == 64
+    assert result["batch_size"] == 4
+    assert result["scorer"]["class"] == "cogrpo.rewards.shapes.StrictShapesReward"
+    assert result["scorer"]["version"] == suite.make_scorer.version
+    assert result["scorer"]["weights"] == []
+    assert result["determinism"]["deterministic"] is False
+    assert result["incomplete"] is False
+    assert result["allow_partial"] is False
+    saved = json.loads((tmp_path / "original" / "result.json").read_text())
+    assert saved["samples_sha256"] == result["samples_sha256"]
+
+    again = run_benchmark(suite, _request(batch_size=3), tmp_path / "again", backend)
+    assert again["samples_sha256"] == result["samples_sha256"]
+
+    entries = [dict(entry) for entry in suite.entries]
+    entries[1]["prompt"] = entries[1]["prompt"] + " on grey"
+    edited = run_benchmark(dataclasses.replace(suite, entries=entries), _request(), tmp_path / "edited", backend)
+    assert edited["samples_sha256"] != result["samples_sha256"]
+
+
+def test_null_metric_gets_reason(tmp_path, backend):
+    import dataclasses
+
+    import numpy as np
+
+    from cogrpo.evaluation.suites import mean_aggregate
+    from cogrpo.rewards.base import ScoreResult, Scorer
+
+    class AlwaysFails(Scorer):
+        name = "always-fails"
+
+        def score_batch(self, images, prompts, metadata):
+            return ScoreResult(scores=np.full(len(images), np.nan, dtype=np.float32), errors=["simulated"] * len(images))
+
+    suite = dataclasses.replace(shapes_suite(), make_scorer=AlwaysFails, aggregate=mean_aggregate)
+    run_benchmark(suite, _request(score_timeout_s=None, score_retries=0), tmp_path, backend)
+
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["metrics"]["overall"] is None
+    assert "none of its samples was scored" in saved["null_metrics"]["overall"]
+    assert saved["n_failed"] == 6
+    assert saved["incomplete"] is True
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from cogrpo.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_eval_cli_exits_nonzero_on_failed_samples(tmp_path, random_shapes_dir):
+    common = ["eval", "--model-path", str(random_shapes_dir), "--steps", "2", "--limit", "2", "--images-per-prompt", "1",
+              "--device", "cpu", "--out", str(tmp_path)]
+    first = _cli(*common)
+    assert first.exit_code == 0, first.output
+    (tmp_path / "images" / "00001" / "samples" / "00000.png").write_bytes(b"not a png")
+
+    failed = _cli(*common, "--score-only")
+
+    assert failed.exit_code == 5, failed.output
+    assert "1 of 2 samples failed" in " ".join(failed.output.split())
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["n_failed"] == 1
+    assert saved["incomplete"] is True
+    assert saved["allow_partial"] is False
+
+    accepted = _cli(*common, "--score-only", "--allow-partial")
+
+    assert accepted.exit_code == 0, accepted.output
+    assert "accepted because of --allow-partial" in " ".join(accepted.output.split())
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["n_failed"] == 1
+    assert saved["allow_partial"] is True
+
+
+def _write_result(folder: Path, name: str, prompt_sha256: str) -> None:
+    result = {"benchmark": {"name": "imagereward", "version": "1", "prompt_sha256": prompt_sha256},
+              "model": {"label": "base"}, "schedule": "default", "steps": 12, "seed": 0, "partial": False,
+              "n_failed": 0, "metrics": {"overall": 0.5}}
+    (folder / name).write_text(json.dumps(result))
+
+
+def test_tables_reject_edited_prompt_file(tmp_path):
+    import hashlib
+
+    from cogrpo.evaluation.official_suites import imagereward_suite
+
+    original = Path(__file__).resolve().parent / "fixtures" / "imagereward" / "benchmark-prompts.json"
+    prompts = json.loads(original.read_text())
+    prompts[1]["prompt"] = "a lighthouse on a cliff at dawn, oil painting"
+    edited = tmp_path / "benchmark-prompts.json"
+    edited.write_text(json.dumps(prompts, indent=4))
+    suites = [imagereward_suite(path, prompt_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+              for path in (original, edited)]
+    assert suites[0].version == suites[1].version
+    assert suites[0].prompt_sha256 != suites[1].prompt_sha256
+
+    results = tmp_path / "results"
+    results.mkdir()
+    _write_result(results, "original.json", suites[0].prompt_sha256)
+    _write_result(results, "edited.json", suites[1].prompt_sha256)
+
+    for extra in ([], ["--check"]):
+        refused = _cli("tables", "--results", str(results), *extra)
+        text = " ".join(refused.output.split())
+        assert refused.exit_code == 2, refused.output
+        assert "imagereward v1 has results with 2 prompt files" in text
+        assert "edited.json" in text
+        assert "original.json" in text
+    assert not (results / "tables").exists()
+
+    forced = _cli("tables", "--results", str(results), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert len(list((results / "tables").glob("imagereward-v1-*.md"))) == 2
+
+
+def test_tables_accept_one_prompt_file_per_version(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    _write_result(results, "seed0.json", "a" * 64)
+    _write_result(results, "seed1.json", "a" * 64)
+    partial = {"benchmark": {"name": "imagereward", "version": "1", "prompt_sha256": "b" * 64}, "partial": True,
+               "metrics": {"overall": 0.1}}
+    (results / "limited.json").write_text(json.dumps(partial))
+
+    built = _cli("tables", "--results", str(results))
+
+    assert built.exit_code == 0, built.output
+    assert len(list((results / "tables").glob("imagereward-v1-*.md"))) == 1

@@ -139,7 +139,11 @@ def test_nan_on_one_rank_skips_everywhere(tmp_path):
     # The embedded (pretrained) model, because a random model's rewards have no variance, so its
     # advantages are 0 and an update would not move the parameters either way.
     run = tmp_path / "run"
-    config = _small_config(iterations=6, group_size=4, chunk_size=8, seed=1, max_consecutive_skips=3)
+    # A limit of 1 keeps the update of iteration 1, whose rewards are half invalid (rank 1's), so that it
+    # shows the update running with one rank's rewards missing. test_invalid_rewards_on_one_rank_skip_everywhere
+    # covers the default limit.
+    config = _small_config(iterations=6, group_size=4, chunk_size=8, seed=1, max_consecutive_skips=3,
+                           max_invalid_reward_fraction=1.0)
     # Iterations alternate model (even) and schedule (odd) updates.
     fault = "nan_grad@rank1:iter0,nan_reward@rank1:iter1,nan_grad@rank1:iter2-9"
     out, wall = _launch(config, run, fault, timeout=300)
@@ -183,6 +187,38 @@ def test_nan_on_one_rank_skips_everywhere(tmp_path):
     for part in ("model", "schedule"):
         _assert_same(_weights(second, part), _weights(third, part))
         _assert_same(_weights(third, part), _weights(fourth, part))
+
+
+def test_invalid_rewards_on_one_rank_skip_everywhere(tmp_path, random_shapes_dir):
+    run = tmp_path / "run"
+    config = _small_config(model_path=str(random_shapes_dir), group_size=4, chunk_size=8, max_consecutive_skips=2)
+    out, wall = _launch(config, run, "nan_reward@rank1:iter0-9", timeout=300)
+    text = _flat(out.stdout)
+    print(f"two-process invalid-reward run: {wall:.1f} s")
+
+    # Rank 1's 4 rewards of 8 are invalid in every iteration, more than the default 5 %, so both ranks skip
+    # iterations 0 and 1 and stop at the second skip in a row.
+    assert text.count("training stopped: 2 consecutive updates were skipped") == 2, text[-3000:]
+    exit_codes = {int(code) for code in re.findall(r"exitcode\s*:\s*(-?\d+)", out.stdout)}
+    assert 3 in exit_codes, text[-3000:]
+    assert exit_codes <= {3, -15}, text[-3000:]
+    for iteration, phase in [(0, "model"), (1, "schedule")]:
+        for rank in (0, 1):
+            assert (f"iteration {iteration} (rank {rank}): skipped the {phase} update because 4 of 8 rewards (50.0%) "
+                    f"are invalid") in text, (iteration, rank)
+
+    # Rank 0 writes the records of both ranks.
+    records = [json.loads(line) for line in (run / "failures.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["rank"], r["prompt_id"], r["image_index"]) for r in records] == [
+        (iteration, 1, 1, image) for iteration in (0, 1) for image in (4, 5, 6, 7)]
+    assert {r["error"] for r in records} == {"injected fault nan_reward"}
+
+    checkpoint = run / "checkpoint-00000001"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["skip_counts"] == {"non_finite": 0, "invalid_rewards": 1}
+    assert state["rank_parameter_sha256"][0] == state["rank_parameter_sha256"][1]
+    base = load_file(str(random_shapes_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    _assert_same(_weights(checkpoint, "model"), {k: base[k] for k in _weights(checkpoint, "model")})
 
 
 def test_out_of_memory_on_one_rank_ends_both(tmp_path, random_shapes_dir):

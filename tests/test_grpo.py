@@ -178,3 +178,28 @@ def test_non_finite_loss_skips_update(random_shapes_dir, monkeypatch):
 
     with pytest.raises(TrainingAborted, match="2 consecutive updates were skipped"):
         trainer.train_iteration()
+
+
+def test_zero_variance_rewards_leave_parameters_unchanged(random_shapes_dir):
+    class ConstantReward(Scorer):
+        name = "constant"
+
+        def score_batch(self, images, prompts, metadata):
+            return ScoreResult(scores=np.full(len(images), 0.5, dtype=np.float32))
+
+    trainer = _trainer(random_shapes_dir, mode="co", lr_model=1e-2, lr_schedule=0.5, kl_weight=0.0, weight_decay=0.0)
+    trainer.reward = ConstantReward()
+    model_before = {k: v.clone() for k, v in trainer.unwrapped_transformer.state_dict().items()}
+    schedule_before = {k: v.clone() for k, v in trainer.schedule_policy.state_dict().items()}
+
+    phases = [trainer.train_iteration() for _ in range(2)]
+
+    assert [result.phase for result in phases] == ["model", "schedule"]
+    for result in phases:
+        assert not result.skipped
+        assert result.metrics["advantages/zero_variance_groups"] == 1.0
+        assert (result.advantages == 0).all()
+    for key, value in trainer.unwrapped_transformer.state_dict().items():
+        assert torch.equal(value, model_before[key]), key
+    for key, value in trainer.schedule_policy.state_dict().items():
+        assert torch.equal(value, schedule_before[key]), key

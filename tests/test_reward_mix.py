@@ -232,3 +232,14 @@ def test_mix_from_spec_rejects_unknown_before_building():
 
     with pytest.raises(RewardSpecError, match="Did you mean 'clip'"):
         WeightedMix.from_spec("hps=1,clp=1", create, KNOWN)
+
+
+def test_build_reward_builds_registered_mix():
+    from cogrpo.rl.run import build_reward
+
+    mix = build_reward("shapes=1,shapes-strict=0.5")
+
+    assert isinstance(mix, WeightedMix)
+    assert [(scorer.name, weight) for scorer, weight in mix.parts] == [("shapes", 1.0), ("shapes-strict", 0.5)]
+    with pytest.raises(RewardSpecError, match="Did you mean 'shapes'"):
+        build_reward("shapes=1,shapez=1")

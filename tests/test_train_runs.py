@@ -37,11 +37,34 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return {**load_file(str(newest / "model.safetensors")), **{f"schedule.{k}": v for k, v in load_file(str(newest / "schedule.safetensors")).items()}}
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path, random_shapes_dir):
+def _final_optimizers(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Return the optimizer tensors and the JSON state of the newest checkpoint."""
+    newest = sorted(run.glob("checkpoint-*"))[-1]
+    tensors = {}
+    meta = {}
+    for prefix in ("model_optimizer", "schedule_optimizer"):
+        tensors.update({f"{prefix}.{k}": v for k, v in load_file(str(newest / f"{prefix}.safetensors")).items()})
+        meta[prefix] = (newest / f"{prefix}.json").read_text()
+    return tensors, meta
+
+
+def _logged_rewards(run: Path) -> dict[int, tuple]:
+    """Return each iteration's logged reward and advantage statistics (the last line of a repeated iteration)."""
+    logged = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        logged[row["iteration"]] = (row["rewards/shapes/mean"], row["advantages/mean"], row["advantages/abs_max"])
+    return logged
+
+
+@pytest.mark.skipif(not weights_available(), reason="the embedded weights are not in this checkout")
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    # The embedded (pretrained) model, because a random model's shapes rewards have no variance within a
+    # group, so its advantages are 0, no parameter moves, and the comparison would hold trivially.
     reference = tmp_path / "reference"
-    train(_config(random_shapes_dir, reference, 4), progress=False)
+    train(_config(ASSET_DIR, reference, 4), progress=False)
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "cogrpo", "train", *_options(random_shapes_dir, killed, 4)]
+    command = [sys.executable, "-m", "cogrpo", "train", *_options(ASSET_DIR, killed, 4)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (killed / "checkpoint-00000002").exists():
@@ -58,6 +81,17 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, random_shapes_dir)
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+    base = load_file(str(ASSET_DIR / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(expected[key], base[key]) for key in base if key in expected), "no parameter moved"
+
+    expected_tensors, expected_meta = _final_optimizers(reference)
+    actual_tensors, actual_meta = _final_optimizers(killed)
+    assert expected_tensors.keys() == actual_tensors.keys()
+    for key in expected_tensors:
+        assert torch.equal(expected_tensors[key], actual_tensors[key]), key
+    assert expected_meta == actual_meta
+    assert _logged_rewards(killed) == _logged_rewards(reference)
+    assert any(abs_max > 0 for _, _, abs_max in _logged_rewards(reference).values())
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumes"][0]["iteration"] >= 2
 
@@ -71,6 +105,38 @@ def test_resume_rejects_changed_config(tmp_path, random_shapes_dir):
 
     with pytest.raises(ResumeMismatchError, match="changed: clip_range"):
         train(changed, resume=run, progress=False)
+
+
+def test_resume_rejects_world_size_and_revision(tmp_path, random_shapes_dir):
+    from cogrpo.rl.run import ResumeMismatchError, build_backend, load_checkpoint
+    from cogrpo.rl.trainer import CoGRPOTrainer
+
+    run = tmp_path / "run"
+    train(_config(random_shapes_dir, run, 1), progress=False)
+    checkpoint = run / "checkpoint-00000001"
+    config = _config(random_shapes_dir, run, 2)
+
+    def fresh_trainer() -> CoGRPOTrainer:
+        from cogrpo.rewards.shapes import ShapesReward
+
+        return CoGRPOTrainer(config, build_backend(config, torch.device("cpu")), ShapesReward())
+
+    trainer = fresh_trainer()
+    trainer.backend.revision = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(ResumeMismatchError, match="base model revision was .*, now 0123456789abcdef"):
+        load_checkpoint(trainer, checkpoint)
+
+    state_path = checkpoint / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["world_size"] = 2
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ResumeMismatchError, match="world size was 2, now 1") as raised:
+        load_checkpoint(fresh_trainer(), checkpoint)
+    assert "--allow-inexact-resume" in str(raised.value)
+
+    resumed = load_checkpoint(fresh_trainer(), checkpoint, allow_mismatch=True)
+    assert resumed["mismatches"] == ["world size was 2, now 1"]
+    assert resumed["iteration"] == 1
 
 
 @pytest.mark.skipif(not weights_available(), reason="the embedded weights are not in this checkout")

@@ -7,6 +7,16 @@ rename), scores are appended to one JSONL file per process keyed by the image's
 SHA-256, and a rerun of the same command skips every image and score already
 done. Rank 0 gathers the records and writes the result JSON atomically.
 
+The result JSON identifies what was measured. It records the benchmark version
+and prompt file SHA-256, the model, the scorer's class, version and weight
+revisions, seeds, dtype, batch size, world size, library versions, git commit
+and determinism settings. ``samples_sha256`` is the SHA-256 of the ordered
+per-sample (prompt index, image index, prompt, image SHA-256, score) list, so
+two runs that generated and scored the same images the same way have the same
+value. Failed samples are counted in ``n_failed`` and set ``incomplete``. A
+metric that is not finite is written as null, with its reason under
+``null_metrics``.
+
 A grid layout (DPG-Bench: one 2x2 grid per prompt) generates each tile with its
 own seed, (seed, prompt index, image index x tiles + tile index), and writes the
 grid file only when all of its tiles are decoded.
@@ -15,10 +25,12 @@ grid file only when all of its tiles are decoded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -32,8 +44,10 @@ import torch
 from PIL import Image
 
 from cogrpo.checkpoint_io import atomic_write_bytes, atomic_write_json
+from cogrpo.determinism import determinism_record
 from cogrpo.evaluation.layouts import JPEG_QUALITY, compose_grid
 from cogrpo.evaluation.suites import BenchmarkSuite
+from cogrpo.rewards.base import Scorer, WeightsSpec
 from cogrpo.rewards.guard import GuardedScorer
 from cogrpo.models.precision import dtype_name
 from cogrpo.rl.trainer import derive_seed
@@ -71,6 +85,8 @@ class EvalRequest:
     # Compute dtype of the generating model, e.g. "bfloat16". None takes the backend's, and stays None
     # for --score-only runs, whose images were generated elsewhere.
     dtype: str | None = None
+    # Recorded in the result: the caller accepts failed samples (`cogrpo eval --allow-partial`).
+    allow_partial: bool = False
 
 
 def image_sha256(path: Path) -> str:
@@ -272,13 +288,54 @@ def _score(suite, request, image_root, jobs, scores_path, counters) -> None:
             os.fsync(handle.fileno())
 
 
+def samples_sha256(records: list[dict[str, Any]]) -> str:
+    """Return the SHA-256 of the ordered (prompt index, image index, prompt, image SHA-256, score) records."""
+    digest = hashlib.sha256()
+    for record in records:
+        row = [record["index"], record["sample"], record["prompt"], record.get("image_sha256"), record.get("score")]
+        digest.update(json.dumps(row, allow_nan=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def scorer_description(suite: BenchmarkSuite) -> dict[str, Any]:
+    """Describe the suite's scorer without building it: class, name, version and pinned weights.
+
+    ``make_scorer`` may be a Scorer subclass or a ``functools.partial`` of one. Any other factory is
+    described by the suite's ``scorer`` label only.
+    """
+    # NOTE: only weights declared in the class's ``weights`` are listed. The GenEval detectors and the
+    # DPG-Bench VQA models pin their revisions in their own modules, which this does not read.
+    description: dict[str, Any] = {}
+    if suite.info.get("scorer"):
+        description["label"] = suite.info["scorer"]
+    factory = suite.make_scorer
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    if isinstance(factory, type) and issubclass(factory, Scorer):
+        description.update({
+            "class": f"{factory.__module__}.{factory.__qualname__}",
+            "name": factory.name,
+            "version": factory.version,
+            "weights": [{"repo_id": spec.repo_id, "filename": spec.filename, "revision": spec.revision,
+                         "sha256": spec.sha256} for spec in factory.weights if isinstance(spec, WeightsSpec)],
+        })
+    return description
+
+
+def _null_metric_reasons(metrics: dict[str, Any]) -> dict[str, str]:
+    """Return why each non-finite metric is written as null."""
+    return {key: f"the value was {value!r}, usually because none of its samples was scored"
+            for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)}
+
+
 def _result(suite, request, records, count, images_per_prompt, world) -> dict[str, Any]:
     expected = count * images_per_prompt
     failed = [r for r in records if r.get("score") is None]
     # Missing records (a shard that never reported) also count as failures.
     n_failed = len(failed) + (expected - len(records))
     metrics = suite.aggregate(records)
-    return {
+    result = {
         "benchmark": {"name": suite.name, "version": suite.version, "prompt_sha256": suite.prompt_sha256,
                       "n_prompts": count, "n_prompts_total": len(suite.entries), **suite.info},
         "model": request.model_info,
@@ -290,17 +347,27 @@ def _result(suite, request, records, count, images_per_prompt, world) -> dict[st
         "images_per_prompt": images_per_prompt,
         "tiles_per_image": suite.tiles,
         "dtype": request.dtype,
+        "batch_size": request.batch_size,
         "world_size": world,
         "score_only": request.score_only,
         "partial": count < len(suite.entries),
+        "scorer": scorer_description(suite),
+        "determinism": determinism_record(),
         "versions": library_versions(),
         "git_commit": _git_commit(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "metrics": metrics,
         "n_samples": expected,
         "n_failed": n_failed,
+        "incomplete": n_failed > 0,
+        "allow_partial": request.allow_partial,
+        "samples_sha256": samples_sha256(records),
         "samples": records,
     }
+    null_metrics = _null_metric_reasons(metrics)
+    if null_metrics:
+        result["null_metrics"] = null_metrics
+    return result
 
 
 def evaluate_in_memory(

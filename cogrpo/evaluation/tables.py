@@ -5,7 +5,10 @@ Result files are the ``result.json`` files of ``cogrpo eval`` (copied under
 count but differ in seed are averaged and shown as mean ± std over seeds.
 Partial runs (``--limit``) and runs of different benchmark versions, prompt
 files or scorers never share a table: each (benchmark, version, prompt hash,
-scorer label) gets its own table, and partial runs are left out. The
+scorer label) gets its own table, and partial runs are left out. Because a
+benchmark's version must change whenever its prompts change, results of one
+benchmark version with different prompt hashes stop the build with
+``MixedPromptFilesError`` unless ``force`` is set. The
 reward-alignment table puts ImageReward and HPS v2 side by side. The paper's
 reported numbers come from ``evals/reported.json`` and appear as rows marked
 "reported".
@@ -28,6 +31,40 @@ REPORTED = Path(__file__).resolve().parents[2] / "evals" / "reported.json"
 PAPER_COLUMNS = (("imagereward", "ImageReward"), ("hps_v2", "HPS v2"), ("geneval", "GenEval"), ("dpg", "DPG-Bench"))
 # (benchmark name, column title) of the reward-alignment table.
 REWARD_ALIGNMENT_COLUMNS = (("imagereward", "ImageReward"), ("hps", "HPS v2"))
+
+
+class MixedPromptFilesError(ValueError):
+    """Results of the same benchmark version that were made with different prompt files."""
+
+
+def prompt_file_conflicts(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[str]]]:
+    """Return {(benchmark, version): {prompt SHA-256: [result files]}} for versions with several prompt hashes.
+
+    Partial runs are ignored, as the tables leave them out.
+    """
+    hashes: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        if result.get("partial"):
+            continue
+        bench = result["benchmark"]
+        key = (bench["name"], str(bench["version"]))
+        hashes[key][bench.get("prompt_sha256", "")].append(result.get("_path", "?"))
+    return {key: dict(files) for key, files in hashes.items() if len(files) > 1}
+
+
+def check_prompt_files(results: list[dict[str, Any]]) -> None:
+    """Raise ``MixedPromptFilesError`` naming the files when one benchmark version has several prompt hashes."""
+    conflicts = prompt_file_conflicts(results)
+    if not conflicts:
+        return
+    lines = []
+    for (name, version), files in sorted(conflicts.items()):
+        listing = "; ".join(f"{sha[:12] or 'none'}: {', '.join(sorted(paths))}" for sha, paths in sorted(files.items()))
+        lines.append(f"{name} v{version} has results with {len(files)} prompt files ({listing})")
+    raise MixedPromptFilesError(
+        ". ".join(lines) + ". Their numbers are not comparable. Rerun them with the same prompt file, move the odd "
+        "results out of the folder, or pass --force to build one table per prompt file."
+    )
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
@@ -186,9 +223,15 @@ def steps_plot(results: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def render_all(results_dir: Path, out_dir: Path) -> list[Path]:
-    """Write every table (and the plot) for ``results_dir`` into ``out_dir``."""
+def render_all(results_dir: Path, out_dir: Path, force: bool = False) -> list[Path]:
+    """Write every table (and the plot) for ``results_dir`` into ``out_dir``.
+
+    Raises ``MixedPromptFilesError`` when one benchmark version has results with different prompt files,
+    unless ``force``.
+    """
     results = load_results(results_dir)
+    if not force:
+        check_prompt_files(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     tables = benchmark_tables(results)
@@ -208,17 +251,17 @@ def render_all(results_dir: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-def build_tables(results_dir: Path) -> list[Path]:
-    """Rebuild ``results_dir/tables``."""
-    return render_all(results_dir, results_dir / TABLE_DIR)
+def build_tables(results_dir: Path, force: bool = False) -> list[Path]:
+    """Rebuild ``results_dir/tables`` (see ``render_all`` for ``force``)."""
+    return render_all(results_dir, results_dir / TABLE_DIR, force=force)
 
 
-def check_tables(results_dir: Path) -> list[str]:
+def check_tables(results_dir: Path, force: bool = False) -> list[str]:
     """Return the Markdown and LaTeX table files that differ from a fresh build (the PNG is not compared)."""
     committed = results_dir / TABLE_DIR
     with tempfile.TemporaryDirectory() as scratch:
         fresh = Path(scratch)
-        render_all(results_dir, fresh)
+        render_all(results_dir, fresh, force=force)
         stale = []
         names = {p.name for p in fresh.glob("*") if p.suffix in {".md", ".tex"}}
         names |= {p.name for p in committed.glob("*") if p.suffix in {".md", ".tex"}} if committed.exists() else set()

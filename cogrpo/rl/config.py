@@ -17,8 +17,12 @@ MODES: tuple[str, ...] = ("co", "model", "schedule")
 # Fields that do not change what a run computes, so a resumed run may change them.
 NON_TRAINING_FIELDS = frozenset(
     {"iterations", "out", "eval_every", "eval_limit", "checkpoint_every", "keep_checkpoints", "log_every", "device", "final_eval",
-     "reward_timeout_s", "reward_retries", "collective_timeout_s"}
+     "reward_timeout_s", "reward_retries", "collective_timeout_s", "deterministic"}
 )
+
+# Fields added after checkpoints were first written, with their defaults. Such a field enters the
+# training hash only when it differs from its default, so checkpoints written before it existed still resume.
+HASHED_WHEN_CHANGED: dict[str, Any] = {"max_invalid_reward_fraction": 0.05}
 
 
 @dataclass
@@ -60,6 +64,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     max_consecutive_skips: int = 5
+    # The update is skipped on every process when more than this share of the iteration's rewards, counted
+    # over all processes, is invalid (None, NaN, infinite or raised). Such skips count towards max_consecutive_skips.
+    max_invalid_reward_fraction: float = 0.05
     # Seconds one reward batch call may take (0 disables the timeout), and retries after a call raises.
     reward_timeout_s: float = 600.0
     reward_retries: int = 2
@@ -67,6 +74,9 @@ class TrainConfig:
     # longest work that rank 0 does alone while the others wait: held-out evaluation and checkpoint writes.
     collective_timeout_s: float = 1800.0
     gradient_checkpointing: bool = False
+    # Deterministic PyTorch algorithms (cogrpo.determinism). It only changes which GPU kernels run, and
+    # hence float rounding, so it is not part of the training hash.
+    deterministic: bool = False
     # Build the model from its configuration with random weights, for smoke tests. Result files mark such runs.
     random_weights: bool = False
     # Autocast dtype of transformer forward passes: auto (bf16 on CUDA, fp32 elsewhere), bf16 or fp32.
@@ -108,6 +118,8 @@ class TrainConfig:
         check(self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0 disables periodic checkpoints)")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
         check(self.max_consecutive_skips >= 1, "max_consecutive_skips", "an integer >= 1")
+        check(0.0 <= self.max_invalid_reward_fraction <= 1.0, "max_invalid_reward_fraction",
+              "a fraction in [0, 1] (1 never skips an update for invalid rewards)")
         from cogrpo.models.precision import DTYPE_CHOICES
 
         check(self.dtype in DTYPE_CHOICES, "dtype", f"one of {', '.join(DTYPE_CHOICES)}")
@@ -130,7 +142,8 @@ class TrainConfig:
 
     def training_hash(self) -> str:
         """Return the SHA-256 of the fields that change what the run computes."""
-        data = {k: v for k, v in self.to_dict().items() if k not in NON_TRAINING_FIELDS}
+        data = {k: v for k, v in self.to_dict().items()
+                if k not in NON_TRAINING_FIELDS and not (k in HASHED_WHEN_CHANGED and v == HASHED_WHEN_CHANGED[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @classmethod

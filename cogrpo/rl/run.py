@@ -29,6 +29,9 @@ from cogrpo.rl.trainer import CoGRPOTrainer
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
+# Invalid rewards, one JSON object per line, appended by rank 0 (see CoGRPOTrainer.score_with_failures).
+# A resumed run repeats the iterations after its checkpoint, so their records can appear twice, as in metrics.jsonl.
+FAILURES_FILE = "failures.jsonl"
 
 
 class ResumeMismatchError(RuntimeError):
@@ -74,16 +77,21 @@ def model_info(config: TrainConfig, backend) -> dict[str, Any]:
     }
 
 
-def build_reward(spec: str, device: torch.device | None = None):
-    """Build one scorer or a weighted mix from ``name`` or ``name=w,name=w``."""
-    from cogrpo.catalog import REWARDS
+def build_reward(spec: str, device: torch.device | None = None, timeout_s: float | None = 300.0):
+    """Build one scorer, a weighted mix from ``name=w,name=w``, or a remote scorer from an http(s) URL.
 
+    ``timeout_s`` is the remote scorer's timeout per socket operation (None: no timeout); others ignore it.
+    """
+    from cogrpo.catalog import REWARDS
+    from cogrpo.rewards.remote import RemoteScorer, is_remote_spec
+
+    if is_remote_spec(spec):
+        return RemoteScorer(spec, timeout_s=timeout_s)
     if "=" not in spec and "," not in spec:
         return REWARDS.create(spec)
-    from cogrpo.rewards.mix import WeightedMix, parse_reward_spec
+    from cogrpo.rewards.mix import WeightedMix
 
-    parts = parse_reward_spec(spec, known=REWARDS.names())
-    return WeightedMix([(REWARDS.create(name), weight) for name, weight in parts])
+    return WeightedMix.from_spec(spec, REWARDS.create, REWARDS.names())
 
 
 def save_checkpoint(trainer: CoGRPOTrainer, run_dir: Path) -> Path | None:
@@ -114,6 +122,7 @@ def save_checkpoint(trainer: CoGRPOTrainer, run_dir: Path) -> Path | None:
                 "rank_parameter_sha256": digests,
                 "iteration": trainer.iteration,
                 "consecutive_skips": trainer.consecutive_skips,
+                "skip_counts": trainer.skip_counts,
                 "config": config.to_dict(),
                 "config_hash": config.training_hash(),
                 "world_size": accelerator.num_processes,
@@ -168,6 +177,7 @@ def load_checkpoint(trainer: CoGRPOTrainer, path: Path, allow_mismatch: bool = F
         load_optimizer(trainer.schedule_optimizer, path, "schedule_optimizer")
     trainer.iteration = int(state["iteration"])
     trainer.consecutive_skips = int(state.get("consecutive_skips", 0))
+    trainer.skip_counts.update({k: int(v) for k, v in state.get("skip_counts", {}).items()})
     return {"path": str(path), "iteration": trainer.iteration, "mismatches": problems}
 
 
@@ -278,16 +288,19 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkp
 def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_resume: bool = False,
           reward=None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a training job; returns the summary written to ``summary.json``."""
+    from cogrpo.determinism import determinism_record, enable_deterministic
     from cogrpo.evaluation.runner import evaluate_in_memory
     from cogrpo.evaluation.suites import shapes_suite
 
+    if config.deterministic:
+        enable_deterministic()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     accelerator = make_accelerator(device, config.collective_timeout_s)
     run_dir = Path(resume) if resume else Path(config.out)
     backend = build_backend(config, device)
-    scorer = reward if reward is not None else build_reward(config.reward, device)
-    trainer = CoGRPOTrainer(config, backend, scorer, accelerator=accelerator)
+    scorer = reward if reward is not None else build_reward(config.reward, device, timeout_s=config.reward_timeout_s or None)
+    trainer = CoGRPOTrainer(config, backend, scorer, accelerator=accelerator, failures_path=run_dir / FAILURES_FILE)
     is_main = accelerator.is_main_process
     resumed = None
     if is_main:
@@ -306,6 +319,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
     summary.setdefault("config", config.to_dict())
     # Written on every start, so a resumed run records the dtype it ran in last.
     summary["model"] = model_info(config, backend)
+    summary["determinism"] = determinism_record()
     summary.setdefault("resumes", [])
     if resumed:
         summary["resumes"].append(resumed)
@@ -358,6 +372,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
         save_checkpoint(trainer, run_dir)
     metrics_log.close()
     summary["iterations"] = trainer.iteration
+    summary["skipped_updates"] = dict(trainer.skip_counts)
     summary["wall_time_s"] = summary.get("wall_time_s", 0.0) + (time.time() - start)
     if evaluate and is_main and config.final_eval:
         after = {"default": held_out(None)}

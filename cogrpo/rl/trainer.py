@@ -6,7 +6,10 @@ One iteration:
    this process keeps its share of whole prompt groups;
 2. roll out G images per prompt with the current model and schedule policy
    (one CPU generator per image, seeded from (seed, iteration, image index));
-3. decode, score, and turn rewards into group-relative advantages;
+3. decode, score, and turn rewards into group-relative advantages. Invalid
+   rewards (None, NaN, infinite or raised) get advantage 0 and a line in
+   ``failures.jsonl``; when more than ``max_invalid_reward_fraction`` of the
+   iteration's rewards are invalid, every process skips the update;
 4. update the phase's parameters. The model phase recomputes the
    log-probability of the tokens committed at a random subset of steps, with
    the same chunks, guidance and temperatures as the rollout. It minimises the
@@ -49,6 +52,11 @@ class TrainingAborted(RuntimeError):
     """Training stopped because too many consecutive updates were skipped."""
 
 
+# Causes of a skipped update, the keys of ``CoGRPOTrainer.skip_counts``.
+SKIP_NON_FINITE = "non_finite"
+SKIP_INVALID_REWARDS = "invalid_rewards"
+
+
 @dataclass
 class SkipReport:
     """The cause of a skipped update: the inner epoch and the ranks whose loss or gradients were not finite."""
@@ -72,6 +80,8 @@ class IterationResult:
     advantages: np.ndarray
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: bool = False
+    # SKIP_NON_FINITE or SKIP_INVALID_REWARDS when the update was skipped.
+    skip_reason: str | None = None
 
 
 class PromptSource:
@@ -113,7 +123,9 @@ class CoGRPOTrainer:
         reward: Scorer,
         prompts: PromptSource | None = None,
         accelerator=None,
+        failures_path: Path | None = None,
     ):
+        """``failures_path`` is the JSON Lines file that rank 0 appends invalid rewards to (None: log only)."""
         from accelerate import Accelerator
 
         self.config = config
@@ -132,6 +144,8 @@ class CoGRPOTrainer:
         self.uncond_cache = UnconditionalCache()
         self.iteration = 0
         self.consecutive_skips = 0
+        self.skip_counts = {SKIP_NON_FINITE: 0, SKIP_INVALID_REWARDS: 0}
+        self.failures_path = failures_path
         self.history: list[IterationResult] = []
         self._setup_model()
         self._setup_schedule()
@@ -241,6 +255,15 @@ class CoGRPOTrainer:
 
         ``indices`` are the images' global indices from ``local_batch``, used to name prompts in logs.
         """
+        return self.score_with_failures(trajectory, entries, indices)[0]
+
+    def score_with_failures(self, trajectory: Trajectory, entries: list[dict[str, Any]],
+                            indices: list[int] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Decode and score the images; return the rewards (NaN where invalid) and one record per invalid reward.
+
+        A record contains the iteration, rank, prompt id (the prompt's position in the iteration's global
+        batch), global image index, prompt text, reward name and error.
+        """
         images = []
         for start in range(0, len(trajectory), self.config.chunk_size):
             grid = trajectory.tokens[start : start + self.config.chunk_size].view(-1, *trajectory.grid)
@@ -261,11 +284,22 @@ class CoGRPOTrainer:
                                rank, indices[index], indices[index] // self.config.group_size, entries[index]["prompt"], error)
         rewards = scores.astype(np.float32)
         non_finite = ~np.isfinite(rewards)
+        failures = []
         if non_finite.any():
             logger.warning("iteration %d (rank %d): %d of %d rewards are not finite; they get advantage 0",
                            self.iteration, rank, int(non_finite.sum()), len(rewards))
+            for index in np.flatnonzero(non_finite).tolist():
+                failures.append({
+                    "iteration": self.iteration,
+                    "rank": rank,
+                    "prompt_id": indices[index] // self.config.group_size,
+                    "image_index": indices[index],
+                    "prompt": entries[index]["prompt"],
+                    "reward": self.reward.name,
+                    "error": errors[index] or f"reward is {float(scores[index])!r}",
+                })
             rewards = np.where(non_finite, np.nan, rewards).astype(np.float32)
-        return rewards
+        return rewards, failures
 
     def train_iteration(self) -> IterationResult:
         """Run one iteration and advance ``self.iteration``."""
@@ -276,38 +310,78 @@ class CoGRPOTrainer:
         start = time.perf_counter()
         trajectory = self.rollout(iteration, entries, indices)
         rollout_time = time.perf_counter() - start
-        rewards = self.score(trajectory, entries, indices)
+        rewards, failures = self.score_with_failures(trajectory, entries, indices)
         advantages = group_advantages(torch.from_numpy(rewards).view(-1, config.group_size)).flatten()
+        invalid, total = self._record_failures(failures, len(rewards))
+        invalid_fraction = invalid / total
         update_start = time.perf_counter()
         self._inject_process_fault()
-        if phase == "model":
-            metrics, skip = self._update_model(iteration, trajectory, advantages, indices)
+        skip_reason = None
+        if invalid_fraction > config.max_invalid_reward_fraction:
+            # Every process has the same counts, so every process skips and no collective is left unmatched.
+            metrics: dict[str, float] = {}
+            skip_reason = SKIP_INVALID_REWARDS
+            logger.warning(
+                "iteration %d (rank %d): skipped the %s update because %d of %d rewards (%.1f%%) are invalid, more than "
+                "max_invalid_reward_fraction=%g; the failed samples are listed in %s",
+                iteration, self.accelerator.process_index, phase, invalid, total, 100 * invalid_fraction,
+                config.max_invalid_reward_fraction, self.failures_path or "the log above",
+            )
         else:
-            metrics, skip = self._update_schedule(trajectory, advantages)
-        skipped = skip is not None
+            if phase == "model":
+                metrics, skip = self._update_model(iteration, trajectory, advantages, indices)
+            else:
+                metrics, skip = self._update_schedule(trajectory, advantages)
+            if skip is not None:
+                skip_reason = SKIP_NON_FINITE
+                prompt_ids = sorted({i // config.group_size for i in indices})
+                logger.warning(
+                    "iteration %d (rank %d): skipped the %s update at inner epoch %d because the loss or a gradient was "
+                    "not finite on rank(s) %s; this rank's prompts %s: %s",
+                    iteration, self.accelerator.process_index, phase, skip.epoch, skip.ranks, prompt_ids,
+                    sorted({e["prompt"] for e in entries}),
+                )
         metrics.update(self._reward_metrics(rewards, advantages))
+        metrics["rewards/invalid_fraction"] = invalid_fraction
         metrics["time/rollout_s"] = rollout_time
         metrics["time/update_s"] = time.perf_counter() - update_start
-        if skip is not None:
+        if skip_reason is not None:
             self.consecutive_skips += 1
-            prompt_ids = sorted({i // config.group_size for i in indices})
-            logger.warning(
-                "iteration %d (rank %d): skipped the %s update at inner epoch %d because the loss or a gradient was not "
-                "finite on rank(s) %s; this rank's prompts %s: %s",
-                iteration, self.accelerator.process_index, phase, skip.epoch, skip.ranks, prompt_ids,
-                sorted({e["prompt"] for e in entries}),
-            )
-            if self.consecutive_skips >= config.max_consecutive_skips:
-                raise TrainingAborted(
-                    f"{self.consecutive_skips} consecutive updates were skipped (limit max_consecutive_skips="
-                    f"{config.max_consecutive_skips}); the last checkpoint is kept"
-                )
+            self.skip_counts[skip_reason] += 1
         else:
             self.consecutive_skips = 0
-        result = IterationResult(iteration, phase, rewards, advantages.numpy(), metrics, skipped)
+        for reason, count in self.skip_counts.items():
+            metrics[f"skips/{reason}"] = float(count)
+        if skip_reason is not None and self.consecutive_skips >= config.max_consecutive_skips:
+            raise TrainingAborted(
+                f"{self.consecutive_skips} consecutive updates were skipped (limit max_consecutive_skips="
+                f"{config.max_consecutive_skips}); the last checkpoint is kept"
+            )
+        result = IterationResult(iteration, phase, rewards, advantages.numpy(), metrics, skip_reason is not None,
+                                 skip_reason)
         self.history.append(result)
         self.iteration += 1
         return result
+
+    def _record_failures(self, failures: list[dict[str, Any]], count: int) -> tuple[int, int]:
+        """Gather the invalid-reward records of all processes, and append them to ``failures_path`` on rank 0.
+
+        Returns (invalid rewards, rewards) over all processes. Every process calls this once per iteration,
+        because the gather is a collective.
+        """
+        shares = [{"count": count, "failures": failures}]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            shares = gather_object(shares)
+        gathered = [record for share in shares for record in share["failures"]]
+        total = sum(share["count"] for share in shares)
+        if gathered and self.failures_path is not None and self.accelerator.is_main_process:
+            self.failures_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.failures_path.open("a", encoding="utf-8") as handle:
+                for record in gathered:
+                    handle.write(json.dumps(record) + "\n")
+        return len(gathered), total
 
     def _fault(self, kind: str) -> bool:
         return self.faults.fires(kind, self.accelerator.process_index, self.iteration)

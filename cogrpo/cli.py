@@ -138,6 +138,13 @@ def _load_model(model: str, model_path: Optional[str], checkpoint: Optional[Path
     return backend, None, model_info(config, backend)
 
 
+def _check_steps(backend, steps: int) -> None:
+    tokens_per_image = backend.grid[0] * backend.grid[1]
+    if steps > tokens_per_image:
+        _fail(f"invalid --steps {steps}: {backend.name} images have {tokens_per_image} tokens, so at most "
+              f"{tokens_per_image} steps can each commit a token; pass --steps {tokens_per_image} or fewer")
+
+
 def _warn_random_weights(info: dict) -> None:
     if info.get("random_weights"):
         console.print("[yellow]warning:[/yellow] the model has random weights; its outputs are not real model results "
@@ -183,6 +190,7 @@ def sample(
     backend, policy, info = _load_model(model, str(model_path) if model_path else None, checkpoint, schedule, steps, dev,
                                         random_weights, dtype)
     _warn_random_weights(info)
+    _check_steps(backend, steps)
     out = _safe_out(out)
     jobs = [(i, k) for i in range(len(prompt)) for k in range(n)]
     seeds = [derive_seed(seed, i, k) for i, k in jobs]
@@ -401,6 +409,7 @@ def evaluate(
         backend, policy, loaded = _load_model(model, model_path, checkpoint, schedule, steps, dev, random_weights, dtype)
         info = {**info, **loaded, "name": getattr(backend, "name", model), "revision": getattr(backend, "revision", None)}
         _warn_random_weights(info)
+        _check_steps(backend, steps)
     request = EvalRequest(steps=steps, seed=seed, images_per_prompt=images_per_prompt, limit=limit,
                           batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info,
                           score_timeout_s=score_timeout, score_retries=score_retries, allow_partial=allow_partial)

@@ -137,13 +137,13 @@ def test_bf16_autocast_gives_float32_step_logits(backend, monkeypatch):
     monkeypatch.setattr(backend, "compute_dtype", torch.bfloat16)
     transformer_dtypes, step_dtypes = set(), set()
     hook = backend.transformer.register_forward_hook(lambda module, args, output: transformer_dtypes.add(output.dtype))
-    real_token_log_probs = sampler.token_log_probs
+    real_log_probs = sampler._scaled_token_log_probs
 
-    def recording_token_log_probs(logits, sample_temperature, tokens):
-        step_dtypes.add(logits.dtype)
-        return real_token_log_probs(logits, sample_temperature, tokens)
+    def recording_log_probs(scaled_logits, tokens):
+        step_dtypes.add(scaled_logits.dtype)
+        return real_log_probs(scaled_logits, tokens)
 
-    monkeypatch.setattr(sampler, "token_log_probs", recording_token_log_probs)
+    monkeypatch.setattr(sampler, "_scaled_token_log_probs", recording_log_probs)
     try:
         trajectory = sample(backend, PROMPTS, image_generators([1, 2, 3]), steps=4)
     finally:
@@ -158,3 +158,9 @@ def test_bf16_autocast_gives_float32_step_logits(backend, monkeypatch):
     for step in range(4):
         logp, _ = committed_log_prob(backend, trajectory, step, slice(0, 3), cond, uncond)
         assert torch.allclose(logp, trajectory.model_logp[:, step], atol=1e-4), step
+
+
+def test_more_steps_than_tokens_rejected(backend):
+    tokens = backend.grid[0] * backend.grid[1]
+    with pytest.raises(ValueError, match=f"at most {tokens} steps"):
+        sample(backend, ["a red circle"], image_generators([0]), steps=tokens + 1)

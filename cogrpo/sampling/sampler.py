@@ -260,6 +260,12 @@ def sample(
         raise ValueError(f"got {len(prompts)} prompts but {len(generators)} generators; pass one generator per image")
     if steps < 1:
         raise ValueError(f"invalid number of steps {steps}; expected at least 1")
+    tokens_per_image = backend.grid[0] * backend.grid[1]
+    if steps > tokens_per_image:
+        raise ValueError(
+            f"invalid number of steps {steps}: {backend.name} images have {tokens_per_image} tokens, and a step "
+            f"beyond that count would commit no token; pass at most {tokens_per_image} steps"
+        )
     if schedule_mode not in {"sample", "mean"}:
         raise ValueError(f"invalid schedule_mode {schedule_mode!r}; allowed: 'sample', 'mean'")
     schedule = schedule if schedule is not None else backend.default_schedule(steps)

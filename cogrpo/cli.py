@@ -86,7 +86,8 @@ def _availability(entry) -> str:
 @app.command()
 def pretrain(
     stage: str = typer.Option("all", help="Which stage to run: vq, mdm or all."),
-    vq_steps: int = typer.Option(2000, help="Optimiser steps of the VQ tokenizer stage."),
+    vq_steps: int = typer.Option(2000, help="Optimiser steps of the VQ tokenizer's first phase (pixel and commitment losses, codebook restarts)."),
+    vq_finetune_steps: int = typer.Option(2500, help="Optimiser steps of the VQ tokenizer's second phase, which adds an L1 loss (0 skips it)."),
     mdm_steps: int = typer.Option(9000, help="Optimiser steps of the masked transformer stage."),
     batch_size: int = typer.Option(64, help="Images per optimiser step of the transformer stage."),
     out: Path = typer.Option(None, help="Output folder (default: the package's assets/shapes, replacing the shipped weights)."),
@@ -100,17 +101,19 @@ def pretrain(
 
     if stage not in {"vq", "mdm", "all"}:
         _fail(f"invalid --stage {stage!r}; allowed: vq, mdm, all")
+    if vq_finetune_steps < 0:
+        _fail(f"invalid --vq-finetune-steps {vq_finetune_steps}; expected 0 or more")
     if vq_steps < 1 or mdm_steps < 1 or batch_size < 1:
         _fail("--vq-steps, --mdm-steps and --batch-size must be at least 1")
     target = out or ASSET_DIR
     if stage in {"vq", "all"}:
-        train_vq(VQTrainConfig(steps=vq_steps, seed=seed), target / "vqvae")
+        train_vq(VQTrainConfig(steps=vq_steps, finetune_steps=vq_finetune_steps, seed=seed), target / "vqvae")
     if stage in {"mdm", "all"}:
         train_mdm(MDMTrainConfig(steps=mdm_steps, batch_size=batch_size, seed=seed, save_every=max(1, min(500, mdm_steps))), target)
     console.print(f"pretrained weights written to {target}")
 
 
-def _load_model(model: str, model_path: Optional[str], checkpoint: Optional[Path], schedule: str, steps: int, device,
+def _load_model_or_raise(model: str, model_path: Optional[str], checkpoint: Optional[Path], schedule: str, steps: int, device,
                 random_weights: bool = False, dtype: str = "auto"):
     """Load a registered backend, or a trained run with its schedule policy, and return (backend, policy, info).
 
@@ -138,6 +141,26 @@ def _load_model(model: str, model_path: Optional[str], checkpoint: Optional[Path
     return backend, None, model_info(config, backend)
 
 
+def _load_model(model: str, model_path: Optional[str], checkpoint: Optional[Path], schedule: str, steps: int, device,
+                random_weights: bool = False, dtype: str = "auto"):
+    """Load the model like ``_load_model_or_raise``, turning a missing or unknown model into a CLI error."""
+    from cogrpo.rl.run import ResumeMismatchError
+
+    try:
+        return _load_model_or_raise(model, model_path, checkpoint, schedule, steps, device, random_weights, dtype)
+    except (KeyError, ValueError, FileNotFoundError, ResumeMismatchError) as error:
+        _fail(str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error))
+
+
+def _device(name: str):
+    from cogrpo.rl.run import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as error:
+        _fail(str(error))
+
+
 def _check_steps(backend, steps: int) -> None:
     tokens_per_image = backend.grid[0] * backend.grid[1]
     if steps > tokens_per_image:
@@ -153,6 +176,8 @@ def _warn_random_weights(info: dict) -> None:
 
 def _safe_out(out: Path) -> Path:
     out = out.resolve()
+    if out.exists() and not out.is_dir():
+        _fail(f"invalid --out {out}: it is a file; pass a folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -186,7 +211,7 @@ def sample(
         _fail(f"invalid --n {n} or --steps {steps}; both must be at least 1")
     if schedule not in {"default", "learned"}:
         _fail(f"invalid --schedule {schedule!r}; allowed: default, learned")
-    dev = resolve_device(device)
+    dev = _device(device)
     backend, policy, info = _load_model(model, str(model_path) if model_path else None, checkpoint, schedule, steps, dev,
                                         random_weights, dtype)
     _warn_random_weights(info)
@@ -251,7 +276,7 @@ def train(
     _setup_logging(verbose)
     from cogrpo.rl.config import TrainConfig
     from cogrpo.rl.run import train as run_training
-    from cogrpo.rl.run import RankOutOfMemory
+    from cogrpo.rl.run import RankOutOfMemory, ResumeMismatchError
     from cogrpo.rl.trainer import TrainingAborted
 
     overrides = {k: v for k, v in dict(
@@ -276,7 +301,8 @@ def train(
         _check_reward_name(cfg.reward)
         _warn_random_weights({"random_weights": cfg.random_weights})
         summary = run_training(cfg, resume=resume, allow_inexact_resume=allow_inexact_resume)
-    except (ValueError, FileNotFoundError, KeyError, RemoteScorerError, DeterminismError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RemoteScorerError, DeterminismError,
+            ResumeMismatchError) as error:
         _fail(str(error))
     except TrainingAborted as error:
         console.print(f"[red]training stopped:[/red] {error}")
@@ -402,7 +428,7 @@ def evaluate(
             suite.image_path(out.resolve() / "images", 0, images_per_prompt - 1)
         except ValueError as error:
             _fail(str(error))
-    dev = resolve_device(device)
+    dev = _device(device)
     accelerator = make_accelerator(dev)
     backend, policy, info = None, None, {"name": model}
     if not score_only:
@@ -553,7 +579,7 @@ def tables(
             console.print("tables are up to date")
             return
         written = build_tables(results, force=force)
-    except MixedPromptFilesError as error:
+    except (MixedPromptFilesError, ValueError) as error:
         _fail(str(error))
     console.print("wrote " + ", ".join(str(p) for p in written))
 

@@ -304,3 +304,11 @@ def test_tables_accept_one_prompt_file_per_version(tmp_path):
 
     assert built.exit_code == 0, built.output
     assert len(list((results / "tables").glob("imagereward-v1-*.md"))) == 1
+
+
+def test_tables_name_malformed_result_file(tmp_path):
+    from cogrpo.evaluation.tables import load_results
+
+    (tmp_path / "broken.json").write_text("{\n")
+    with pytest.raises(ValueError, match="broken.json"):
+        load_results(tmp_path)

@@ -218,3 +218,39 @@ def test_preset_without_weights_fails_clearly(tmp_path):
     text = " ".join(out.stdout.split())
     assert "amused/amused-512" in text
     assert "--model-path" in text
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, random_shapes_dir):
+    run = tmp_path / "run"
+    train(_config(random_shapes_dir, run, 1), progress=False)
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="already holds a training run; pass --resume"):
+        train(_config(random_shapes_dir, run, 1), progress=False)
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "gpu"], "invalid device 'gpu'"),
+        (["--model", "shape"], "Did you mean 'shapes'"),
+        (["--checkpoint", "no-such-run"], "no-such-run"),
+    ],
+)
+def test_sample_user_errors_are_clean(tmp_path, args, message):
+    out = subprocess.run([sys.executable, "-m", "cogrpo", "sample", "--prompt", "a red circle", "--out", str(tmp_path / "s"), *args],
+                         capture_output=True, text=True, timeout=600)
+    output = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_sample_out_that_is_a_file_fails(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("keep me")
+    out = subprocess.run([sys.executable, "-m", "cogrpo", "sample", "--prompt", "a red circle", "--steps", "2", "--out", str(target)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2
+    assert "it is a file" in " ".join((out.stdout + out.stderr).split())
+    assert target.read_text() == "keep me"

@@ -73,7 +73,10 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
     for path in sorted(results_dir.rglob("*.json")):
         if TABLE_DIR in path.relative_to(results_dir).parts:
             continue
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"invalid JSON in result file {path}: {error}; fix or remove the file") from None
         if isinstance(data, dict) and "benchmark" in data and "metrics" in data:
             data["_path"] = str(path.relative_to(results_dir))
             results.append(data)

@@ -46,6 +46,10 @@ def resolve_device(name: str) -> torch.device:
     """Return the device for ``"auto"`` (CUDA when available), or the named one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.split(":")[0] not in {"cpu", "cuda"}:
+        raise ValueError(f"invalid device {name!r}; allowed: cpu, cuda, cuda:N, auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"invalid device {name!r}: no CUDA device is available here; pass --device cpu or auto")
     return torch.device(name)
 
 
@@ -298,6 +302,9 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
     torch.manual_seed(config.seed)
     accelerator = make_accelerator(device, config.collective_timeout_s)
     run_dir = Path(resume) if resume else Path(config.out)
+    if not resume and any(any(run_dir.glob(pattern)) for pattern in ("summary.json", "metrics.jsonl", "checkpoint-*")):
+        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume {run_dir} to continue it, "
+                              "or choose another --out")
     backend = build_backend(config, device)
     scorer = reward if reward is not None else build_reward(config.reward, device, timeout_s=config.reward_timeout_s or None)
     trainer = CoGRPOTrainer(config, backend, scorer, accelerator=accelerator, failures_path=run_dir / FAILURES_FILE)

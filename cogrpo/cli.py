@@ -291,6 +291,8 @@ def train(
     from cogrpo.determinism import DeterminismError
     from cogrpo.rewards.remote import RemoteScorerError
 
+    if resume is not None and out is not None and Path(out).resolve() != resume.resolve():
+        _fail(f"--resume {resume} continues the run in that folder; drop --out {out}, or start a new run there without --resume")
     try:
         if resume is not None and config is None:
             cfg = _config_of_run(resume, overrides)
@@ -428,6 +430,10 @@ def evaluate(
             suite.image_path(out.resolve() / "images", 0, images_per_prompt - 1)
         except ValueError as error:
             _fail(str(error))
+    images_dir = out.resolve() / "images"
+    if score_only and not (images_dir.is_dir() and any(images_dir.iterdir())):
+        _fail(f"--score-only found no images in {images_dir}; put the images there in the benchmark's layout "
+              "(see docs/benchmarks.md), or drop --score-only to generate them")
     dev = _device(device)
     accelerator = make_accelerator(dev)
     backend, policy, info = None, None, {"name": model}
@@ -507,7 +513,7 @@ def score(
     images: list[Path] = typer.Argument(..., help="Image files to score."),
     metadata: Optional[Path] = typer.Option(None, help="GenEval metadata JSON of the prompt (needed by shapes and GenEval rewards)."),
 ) -> None:
-    """Score image files with a reward; failed images are reported, not fatal."""
+    """Score image files with a reward; failed images are reported, and the exit code is 1 only when all failed."""
     _setup_logging(False)
     from cogrpo.rl.run import build_reward
 
@@ -527,6 +533,11 @@ def score(
     for path, value, error in zip(images, result.scores, result.errors):
         table.add_row(str(path), "nan" if value != value else f"{value:.6f}", error or "")
     console.print(table)
+    import numpy as np
+
+    if not np.isfinite(result.scores).any():
+        console.print("[red]error:[/red] every image failed to score; see the error column")
+        raise typer.Exit(code=1)
 
 
 @app.command()

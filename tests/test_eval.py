@@ -312,3 +312,18 @@ def test_tables_name_malformed_result_file(tmp_path):
     (tmp_path / "broken.json").write_text("{\n")
     with pytest.raises(ValueError, match="broken.json"):
         load_results(tmp_path)
+
+
+def test_score_only_without_images_fails_early(tmp_path):
+    result = _cli("eval", "--score-only", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert "found no images" in " ".join(result.output.split())
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_score_exits_nonzero_when_all_images_fail(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = _cli("score", "--reward", "shapes", "--prompt", "a red circle", str(bad))
+    assert result.exit_code == 1
+    assert "every image failed" in " ".join(result.output.split())

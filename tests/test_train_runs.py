@@ -254,3 +254,10 @@ def test_sample_out_that_is_a_file_fails(tmp_path):
     assert out.returncode == 2
     assert "it is a file" in " ".join((out.stdout + out.stderr).split())
     assert target.read_text() == "keep me"
+
+
+def test_resume_with_other_out_fails(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "cogrpo", "train", "--resume", str(tmp_path / "a"), "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2
+    assert "drop --out" in " ".join((out.stdout + out.stderr).split())

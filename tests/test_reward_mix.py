@@ -212,6 +212,13 @@ def test_mix_warns_lower_is_better_part(caplog):
     assert "loss is lower-is-better" in caplog.text
 
 
+def test_mix_warns_negative_weight_on_higher_is_better(caplog):
+    with caplog.at_level(logging.WARNING, logger="cogrpo.rewards.mix"):
+        WeightedMix([(MeanBrightness("bright"), -1.0)])
+
+    assert "bright is higher-is-better but has a negative weight" in caplog.text
+
+
 def test_mix_from_spec_builds_named_scorers():
     created = []
 

@@ -95,6 +95,9 @@ class WeightedMix(Scorer):
                 raise ValueError(f"weight of {scorer.name!r} must be finite, got {weight}")
             if not scorer.higher_is_better and weight > 0:
                 logger.warning("mix: %s is lower-is-better but has a positive weight %s", scorer.name, weight)
+            if scorer.higher_is_better and weight < 0:
+                logger.warning("mix: %s is higher-is-better but has a negative weight %s, so training lowers it",
+                               scorer.name, weight)
 
         self.parts: list[tuple[Scorer, float]] = [(scorer, float(weight)) for scorer, weight in parts]
         self.version = ",".join(f"{scorer.name}@{scorer.version}={weight:g}" for scorer, weight in self.parts)

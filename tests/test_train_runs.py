@@ -224,7 +224,7 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, random_shapes_dir):
     run = tmp_path / "run"
     train(_config(random_shapes_dir, run, 1), progress=False)
     before = (run / "metrics.jsonl").read_text()
-    with pytest.raises(FileExistsError, match="already holds a training run; pass --resume"):
+    with pytest.raises(FileExistsError, match="already contains a training run; pass --resume"):
         train(_config(random_shapes_dir, run, 1), progress=False)
     assert (run / "metrics.jsonl").read_text() == before
 

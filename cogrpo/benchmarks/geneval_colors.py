@@ -31,6 +31,7 @@ from PIL import Image
 
 from cogrpo.benchmarks.geneval import COLORS, ColorClassifier, Detection
 from cogrpo.rewards.base import MissingWeightsError
+from cogrpo.rewards.clip_score import check_tag_weights_available
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ COLOR_TEMPLATES: tuple[str, ...] = (
 DEFAULT_MODEL_NAME = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
 # open_clip's file names for hub weights, the safetensors copy first.
-OPEN_CLIP_HUB_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 @runtime_checkable
@@ -216,40 +216,6 @@ class CLIPColorModel:
             return self.classify(picture, object_name, objects)
 
         return classify
-
-
-def check_tag_weights_available(model_name: str, pretrained: str, tag_config: dict[str, Any], option: str) -> None:
-    """Raise ``MissingWeightsError`` when ``HF_HUB_OFFLINE`` is set and the tag's file is not on this machine.
-
-    It looks where open_clip 3.x does: the Hugging Face cache for a tag with a
-    hub repo, else the URL download folder ``~/.cache/clip``.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in {"1", "true", "yes", "on"}:
-        return
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    hub_entry = tag_config.get("hf_hub", "")
-    if hub_entry:
-        # "org/repo/" means open_clip's default file names, "org/repo/file" one file.
-        repo_id, filename = os.path.split(hub_entry)
-        filenames = (filename,) if filename else OPEN_CLIP_HUB_FILENAMES
-        if any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in filenames):
-            return
-        looked_at = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-        expected = f"{' or '.join(filenames)} from hub repo {repo_id}"
-        download = f"hf download {repo_id} {filenames[-1]}"
-    else:
-        url = tag_config.get("url", "")
-        looked_at = Path("~/.cache/clip").expanduser() / os.path.basename(url)
-        if url and looked_at.is_file():
-            return
-        expected = f"the file at {url}"
-        download = f"download {url} to {looked_at}"
-    raise MissingWeightsError(
-        f"open_clip weights {pretrained!r} for {model_name} ({expected}) are not on this machine "
-        f"(looked at {looked_at}) and HF_HUB_OFFLINE is set. On a machine with access run: {download}; "
-        f"or pass a local copy with {option} PATH."
-    )
 
 
 def build_color_model(

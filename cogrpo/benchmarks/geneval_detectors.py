@@ -87,8 +87,8 @@ LABEL_ALIASES: dict[str, str] = {
 DEFAULT_MASK2FORMER_MODEL = "facebook/mask2former-swin-small-coco-instance"
 # NOTE: unverified pin. This is the hub commit "Update README.md" of 2023-01-24,
 # which comes after the last weights upload. A later commit edits one line of
-# preprocessor_config.json, and this revision lacks that edit. Nobody has
-# downloaded or run this revision with this code.
+# preprocessor_config.json, and this revision lacks that edit. This code has not
+# yet been run with the weights at this revision.
 DEFAULT_MASK2FORMER_REVISION = "f77f179fc62b98f6734481ebbef5bceeb1e7f10b"
 # The test scale of the official mmdetection pipeline and of Mask2Former's own
 # COCO evaluation: shorter side 800, longer side at most 1333.

@@ -101,7 +101,7 @@ class CLIPScoreScorer(Scorer):
             source = _local_checkpoint(checkpoint)
             self.version = f"{model_name}/{Path(source).name}"
         else:
-            _check_tag_weights_available(model_name, pretrained, tag_config)
+            check_tag_weights_available(model_name, pretrained, tag_config, DEFAULT_WEIGHTS.option)
             source = pretrained
             self.version = f"{model_name}/{pretrained}"
 
@@ -144,12 +144,13 @@ def _local_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
     return str(path)
 
 
-def _check_tag_weights_available(model_name: str, pretrained: str, tag_config: dict[str, Any]) -> None:
-    """Raise ``MissingWeightsError`` when ``HF_HUB_OFFLINE`` is set and the tag's file is not cached.
+def check_tag_weights_available(model_name: str, pretrained: str, tag_config: dict[str, Any], option: str) -> None:
+    """Raise ``MissingWeightsError`` when ``HF_HUB_OFFLINE`` is set and the tag's file is not on this machine.
 
     open_clip would otherwise fail only after building the model. The check mirrors
     where open_clip 3.3 looks: the Hugging Face cache for a tag with a hub repo, else
-    its URL download folder ``~/.cache/clip``.
+    its URL download folder ``~/.cache/clip``. ``option`` is the command-line option
+    that takes a local copy instead.
     """
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in {"1", "true", "yes", "on"}:
         return
@@ -160,21 +161,22 @@ def _check_tag_weights_available(model_name: str, pretrained: str, tag_config: d
         # "org/repo/" means open_clip's default file names, "org/repo/file" one file.
         repo_id, filename = os.path.split(hub_entry)
         filenames = (filename,) if filename else OPEN_CLIP_HUB_FILENAMES
-        for name in filenames:
-            if isinstance(try_to_load_from_cache(repo_id, name), str):
-                return
+        if any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in filenames):
+            return
         looked_at = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-        expected_file = f"{' or '.join(filenames)} from hub repo {repo_id}"
+        expected = f"{' or '.join(filenames)} from hub repo {repo_id}"
+        download = f"hf download {repo_id} {filenames[-1]}"
     else:
         url = tag_config.get("url", "")
         looked_at = Path("~/.cache/clip").expanduser() / os.path.basename(url)
         if url and looked_at.is_file():
             return
-        expected_file = f"the file at {url}"
+        expected = f"the file at {url}"
+        download = f"download {url} to {looked_at}"
     raise MissingWeightsError(
-        f"open_clip weights {pretrained!r} for {model_name} ({expected_file}) are not on this machine "
-        f"(looked at {looked_at}) and HF_HUB_OFFLINE is set. Download them on a machine with access, "
-        f"or pass a local copy with {DEFAULT_WEIGHTS.option} PATH (CLIPScoreScorer(checkpoint=PATH))."
+        f"open_clip weights {pretrained!r} for {model_name} ({expected}) are not on this machine "
+        f"(looked at {looked_at}) and HF_HUB_OFFLINE is set. On a machine with access run: {download}; "
+        f"or pass a local copy with {option} PATH."
     )
 
 

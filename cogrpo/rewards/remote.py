@@ -28,7 +28,7 @@ score. ``errors`` is optional, with one message or null per image.
 The failures below do not raise from a scoring call. The failing samples get a
 NaN score and an error message, so that the trainer and ``cogrpo eval`` count them:
 
-- Connection errors (refused, reset, closed before the answer) and HTTP 5xx are
+- Connection errors (refused, reset, closed before the response) and HTTP 5xx are
   retried ``retries`` times, after ``backoff_s``, then twice as long, and so on.
   When all attempts fail, every sample of the batch fails with the last error.
 - HTTP 4xx is not retried, because the same request would be rejected again.

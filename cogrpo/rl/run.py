@@ -303,7 +303,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
     accelerator = make_accelerator(device, config.collective_timeout_s)
     run_dir = Path(resume) if resume else Path(config.out)
     if not resume and any(any(run_dir.glob(pattern)) for pattern in ("summary.json", "metrics.jsonl", "checkpoint-*")):
-        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume {run_dir} to continue it, "
+        raise FileExistsError(f"{run_dir} already contains a training run; pass --resume {run_dir} to continue it, "
                               "or choose another --out")
     backend = build_backend(config, device)
     scorer = reward if reward is not None else build_reward(config.reward, device, timeout_s=config.reward_timeout_s or None)

@@ -13,7 +13,7 @@ from cogrpo.models.shapes import weights_available
 from cogrpo.rl.config import TrainConfig
 from cogrpo.rl.objective import clipped_objective, group_advantages, k3_kl
 from cogrpo.rl.run import build_backend
-from cogrpo.rl.trainer import CoGRPOTrainer
+from cogrpo.rl.trainer import CoGRPOTrainer, TrainingAborted
 
 
 class RednessReward(Scorer):
@@ -203,3 +203,70 @@ def test_zero_variance_rewards_leave_parameters_unchanged(random_shapes_dir):
         assert torch.equal(value, model_before[key]), key
     for key, value in trainer.schedule_policy.state_dict().items():
         assert torch.equal(value, schedule_before[key]), key
+
+
+def test_kl_applies_to_zero_variance_groups(random_shapes_dir):
+    """The documented choice: with beta > 0 the KL term still pulls zero-variance groups toward the reference."""
+
+    class ConstantReward(Scorer):
+        name = "constant"
+
+        def score_batch(self, images, prompts, metadata):
+            return ScoreResult(scores=np.full(len(images), 0.5, dtype=np.float32))
+
+    trainer = _trainer(random_shapes_dir, mode="model", lr_model=1e-2, kl_weight=1.0, weight_decay=0.0, train_step_fraction=1.0)
+    trainer.reward = ConstantReward()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in trainer.unwrapped_transformer.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    moved = {k: v.clone() for k, v in trainer.unwrapped_transformer.state_dict().items()}
+
+    result = trainer.train_iteration()
+
+    assert result.metrics["advantages/zero_variance_groups"] == 1.0
+    assert result.metrics["policy/model/kl_ref"] > 0
+    after = trainer.unwrapped_transformer.state_dict()
+    # every advantage is 0, so only the KL term can have moved the parameters
+    # (test_zero_variance_rewards_leave_parameters_unchanged shows they stay put with kl_weight=0)
+    assert any(not torch.equal(after[k], moved[k]) for k in moved)
+
+
+def test_divergent_updates_stop_training(random_shapes_dir, caplog):
+    trainer = _trainer(random_shapes_dir, mode="co", lr_model=1e-3, divergence_grad_norm=1e-12, divergence_patience=2)
+    first = trainer.train_iteration()
+    assert first.metrics["divergence/consecutive"] == 1.0
+    assert first.metrics["policy/model/max_grad_norm"] > 1e-12
+    assert "divergent model update (grad_norm" in caplog.text
+    with pytest.raises(TrainingAborted, match="2 divergent updates in a row .*schedule update at iteration 1"):
+        trainer.train_iteration()
+
+
+def test_divergence_counter_resets_after_a_normal_update(random_shapes_dir):
+    trainer = _trainer(random_shapes_dir, mode="co", divergence_grad_norm=1e-12, divergence_patience=3)
+    assert trainer.train_iteration().metrics["divergence/consecutive"] == 1.0
+    trainer.config.divergence_grad_norm = 0.0  # rule off: the next update is not divergent
+    assert trainer.train_iteration().metrics["divergence/consecutive"] == 0.0
+    assert trainer.consecutive_divergent == 0
+
+
+def test_off_policy_first_epoch_warns(random_shapes_dir, caplog):
+    trainer = _trainer(random_shapes_dir, mode="model", ratio_tolerance=0.01, train_step_fraction=1.0)
+    rollout = trainer.rollout
+
+    def shifted_rollout(*args, **kwargs):
+        trajectory = rollout(*args, **kwargs)
+        trajectory.model_logp = trajectory.model_logp + 0.5  # as if the rollout had computed other probabilities
+        return trajectory
+
+    trainer.rollout = shifted_rollout
+    result = trainer.train_iteration()
+    assert result.metrics["policy/model/first_epoch_max_abs_ratio_minus_one"] > 0.3
+    assert "above ratio_tolerance=0.01" in caplog.text
+
+
+def test_on_policy_first_epoch_does_not_warn(random_shapes_dir, caplog):
+    trainer = _trainer(random_shapes_dir, mode="model", ratio_tolerance=0.0, train_step_fraction=1.0)
+    result = trainer.train_iteration()
+    assert result.metrics["policy/model/first_epoch_max_abs_ratio_minus_one"] == 0.0
+    assert "ratio_tolerance" not in caplog.text

@@ -17,7 +17,8 @@ MODES: tuple[str, ...] = ("co", "model", "schedule")
 # Fields that do not change what a run computes, so a resumed run may change them.
 NON_TRAINING_FIELDS = frozenset(
     {"iterations", "out", "eval_every", "eval_limit", "checkpoint_every", "keep_checkpoints", "log_every", "device", "final_eval",
-     "reward_timeout_s", "reward_retries", "collective_timeout_s", "deterministic"}
+     "reward_timeout_s", "reward_retries", "collective_timeout_s", "deterministic", "divergence_grad_norm",
+     "divergence_approx_kl", "divergence_patience", "ratio_tolerance"}
 )
 
 # Fields added after checkpoints were first written, with their defaults. Such a field enters the
@@ -67,6 +68,16 @@ class TrainConfig:
     # The update is skipped on every process when more than this share of the iteration's rewards, counted
     # over all processes, is invalid (None, NaN, infinite or raised). Such skips count towards max_consecutive_skips.
     max_invalid_reward_fraction: float = 0.05
+    # Divergence rule. An update is divergent when its gradient norm before clipping exceeds divergence_grad_norm
+    # or its approximate KL to the rollout policy exceeds divergence_approx_kl (largest over inner epochs and
+    # processes). After divergence_patience divergent updates in a row, training stops with exit code 3 and the
+    # last checkpoint is kept. A threshold of 0 turns its rule off.
+    divergence_grad_norm: float = 1000.0
+    divergence_approx_kl: float = 1.0
+    divergence_patience: int = 3
+    # The first inner epoch of an update is on-policy, so its probability ratios should be 1. The trainer warns
+    # when max |ratio - 1| exceeds this, because then rollout and update disagree (dtype, kernels or a bug).
+    ratio_tolerance: float = 0.05
     # Seconds one reward batch call may take (0 disables the timeout), and retries after a call raises.
     reward_timeout_s: float = 600.0
     reward_retries: int = 2
@@ -118,6 +129,10 @@ class TrainConfig:
         check(self.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0 (0 disables periodic checkpoints)")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "an integer >= 1")
         check(self.max_consecutive_skips >= 1, "max_consecutive_skips", "an integer >= 1")
+        check(self.divergence_grad_norm >= 0, "divergence_grad_norm", "a number >= 0 (0 disables the rule)")
+        check(self.divergence_approx_kl >= 0, "divergence_approx_kl", "a number >= 0 (0 disables the rule)")
+        check(self.divergence_patience >= 1, "divergence_patience", "an integer >= 1")
+        check(self.ratio_tolerance >= 0, "ratio_tolerance", "a number >= 0")
         check(0.0 <= self.max_invalid_reward_fraction <= 1.0, "max_invalid_reward_fraction",
               "a fraction in [0, 1] (1 never skips an update for invalid rewards)")
         from cogrpo.models.precision import DTYPE_CHOICES

@@ -15,7 +15,13 @@ One iteration:
    the same chunks, guidance and temperatures as the rollout. It minimises the
    clipped ratio objective plus an optional k3 KL to the reference model. The
    schedule phase does the same with the schedule policy's log-probabilities of
-   the recorded actions.
+   the recorded actions. The KL term covers every committed token, those of
+   zero-variance groups (advantage 0) included: it pulls the policy toward the
+   reference whatever the rewards, as in the KL-regularised GRPO objective;
+5. check for divergence: ``divergence_patience`` updates in a row whose
+   gradient norm before clipping or approximate KL exceed their thresholds
+   stop training, and a first inner epoch whose ratios are not 1 within
+   ``ratio_tolerance`` is logged as a warning.
 
 Every random choice is a function of (seed, iteration), so a resumed run
 repeats what an uninterrupted run would do.
@@ -144,6 +150,7 @@ class CoGRPOTrainer:
         self.uncond_cache = UnconditionalCache()
         self.iteration = 0
         self.consecutive_skips = 0
+        self.consecutive_divergent = 0
         self.skip_counts = {SKIP_NON_FINITE: 0, SKIP_INVALID_REWARDS: 0}
         self.failures_path = failures_path
         self.history: list[IterationResult] = []
@@ -332,7 +339,9 @@ class CoGRPOTrainer:
                 metrics, skip = self._update_model(iteration, trajectory, advantages, indices)
             else:
                 metrics, skip = self._update_schedule(trajectory, advantages)
-            if skip is not None:
+            if skip is None:
+                self._check_divergence(iteration, phase, metrics)
+            else:
                 skip_reason = SKIP_NON_FINITE
                 prompt_ids = sorted({i // config.group_size for i in indices})
                 logger.warning(
@@ -436,6 +445,7 @@ class CoGRPOTrainer:
         stats: dict[str, list[float]] = {"clip_fraction": [], "approx_kl": [], "max_abs_ratio_minus_one": [], "kl_ref": [], "entropy": []}
         skip = None
         losses = []
+        first_ratio: list[float] = []
         for epoch in range(config.inner_epochs):
             self.model_optimizer.zero_grad(set_to_none=True)
             epoch_loss = torch.zeros((), device=device)
@@ -464,6 +474,8 @@ class CoGRPOTrainer:
                 epoch_loss += loss.detach()
                 for key, value in term_stats.items():
                     stats[key].append(float(value))
+                if epoch == 0:
+                    first_ratio.append(float(term_stats["max_abs_ratio_minus_one"]))
             if self._fault("nan_grad"):
                 _poison_first_gradient(self.model_params)
             bad_ranks = self._non_finite_ranks(epoch_loss, self.model_params)
@@ -477,6 +489,7 @@ class CoGRPOTrainer:
             losses.append(float(epoch_loss))
         metrics = {f"policy/model/{k}": float(np.mean(v)) for k, v in stats.items() if v}
         metrics["policy/model/max_abs_ratio_minus_one"] = max(stats["max_abs_ratio_minus_one"] or [0.0])
+        metrics.update(self._update_extremes("model", stats, first_ratio))
         if losses:
             metrics["loss/model"] = float(np.mean(losses))
         metrics["policy/model/trained_steps"] = float(len(plan))
@@ -509,6 +522,7 @@ class CoGRPOTrainer:
         active_steps = policy.active.any(-1)  # (T,)
         stats: dict[str, list[float]] = {"clip_fraction": [], "approx_kl": [], "max_abs_ratio_minus_one": []}
         skip = None
+        first_ratio: list[float] = []
         for epoch in range(config.schedule_inner_epochs):
             self.schedule_optimizer.zero_grad(set_to_none=True)
             new_logp = policy.log_prob(raw)
@@ -529,17 +543,65 @@ class CoGRPOTrainer:
                 skip = SkipReport(epoch, bad_ranks)
                 self.schedule_optimizer.zero_grad(set_to_none=True)
                 break
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            stats.setdefault("grad_norm", []).append(float(grad_norm))
             self.schedule_optimizer.step()
             for key, value in term_stats.items():
                 stats[key].append(float(value))
+            if epoch == 0:
+                first_ratio.append(float(term_stats["max_abs_ratio_minus_one"]))
         metrics = {f"policy/schedule/{k}": float(np.mean(v)) for k, v in stats.items() if v}
+        metrics.update(self._update_extremes("schedule", stats, first_ratio))
         metrics["policy/schedule/entropy"] = float(policy.entropy().detach())
         mean = policy.mean_schedule()
         for index, knob in enumerate(("mask_ratio", "sample_temperature", "remask_temperature", "guidance")):
             values = mean.as_actions()[:, index]
             metrics[f"schedule/{knob}/mean"] = float(values.mean())
         return metrics, skip
+
+    def _update_extremes(self, part: str, stats: dict[str, list[float]], first_ratio: list[float]) -> dict[str, float]:
+        """Return the largest gradient norm, approximate KL and first-epoch |ratio - 1| of an update, over all processes.
+
+        The divergence rule and the ratio warning read these values; taking the maximum over processes gives
+        every process the same decision, so none stops or warns alone.
+        """
+        values = torch.tensor(
+            [max(stats.get("grad_norm") or [0.0]), max(stats.get("approx_kl") or [0.0]), max(first_ratio or [0.0])],
+            dtype=torch.float64, device=self.backend.device,
+        )
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.gather(values.view(1, -1)).amax(dim=0)
+        grad_norm, approx_kl, ratio = values.tolist()
+        return {f"policy/{part}/max_grad_norm": grad_norm, f"policy/{part}/max_approx_kl": approx_kl,
+                f"policy/{part}/first_epoch_max_abs_ratio_minus_one": ratio}
+
+    def _check_divergence(self, iteration: int, part: str, metrics: dict[str, float]) -> None:
+        """Count divergent updates, warn about off-policy first epochs, and stop after ``divergence_patience`` in a row."""
+        config = self.config
+        ratio = metrics[f"policy/{part}/first_epoch_max_abs_ratio_minus_one"]
+        if ratio > config.ratio_tolerance:
+            logger.warning(
+                "iteration %d: the %s update's first inner epoch has max |ratio - 1| = %.3g, above ratio_tolerance=%g; "
+                "the rollout and the update computed different probabilities for the same policy (dtype, "
+                "nondeterministic kernels or a bug)", iteration, part, ratio, config.ratio_tolerance,
+            )
+        reasons = []
+        for name, threshold in (("max_grad_norm", config.divergence_grad_norm), ("max_approx_kl", config.divergence_approx_kl)):
+            value = metrics[f"policy/{part}/{name}"]
+            if threshold and not value <= threshold:
+                reasons.append(f"{name.removeprefix('max_')} {value:.4g} > {threshold:g}")
+        self.consecutive_divergent = self.consecutive_divergent + 1 if reasons else 0
+        metrics["divergence/consecutive"] = float(self.consecutive_divergent)
+        if not reasons:
+            return
+        logger.warning("iteration %d: divergent %s update (%s), %d of divergence_patience=%d in a row",
+                       iteration, part, ", ".join(reasons), self.consecutive_divergent, config.divergence_patience)
+        if self.consecutive_divergent >= config.divergence_patience:
+            raise TrainingAborted(
+                f"{self.consecutive_divergent} divergent updates in a row (last: {part} update at iteration {iteration}, "
+                f"{', '.join(reasons)}); the last checkpoint is kept. Lower the learning rate, or raise "
+                "divergence_grad_norm / divergence_approx_kl (0 disables a rule) if these values are expected"
+            )
 
     def _non_finite_ranks(self, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[int]:
         """Return the ranks whose loss or a gradient is not finite. Every process gets the same list.

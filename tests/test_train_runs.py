@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -57,6 +58,27 @@ def _logged_rewards(run: Path) -> dict[int, tuple]:
     return logged
 
 
+def _kill_after_checkpoint(command: list[str], run: Path, iteration: int, env: dict[str, str] | None = None) -> None:
+    """Start ``command`` and SIGKILL it and all its child processes once ``run`` has checkpoint ``iteration``."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 600
+    try:
+        while not (run / f"checkpoint-{iteration:08d}").exists():
+            assert process.poll() is None, f"training ended before it could be killed after checkpoint {iteration}"
+            assert time.time() < deadline
+            time.sleep(0.1)
+    finally:
+        # The launcher's workers may run in sessions of their own, so every descendant is killed by pid.
+        import psutil
+
+        victims = [process.pid] + [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+    assert not (run / f"checkpoint-{iteration + 1:08d}").exists(), "killed too late: the next checkpoint was written"
+
+
 @pytest.mark.skipif(not weights_available(), reason="the embedded weights are not in this checkout")
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     # The embedded (pretrained) model, because a random model's shapes rewards have no variance within a
@@ -64,17 +86,12 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     reference = tmp_path / "reference"
     train(_config(ASSET_DIR, reference, 4), progress=False)
     killed = tmp_path / "killed"
+    # Killed three times: after the first checkpoint, mid-run, and after checkpoint N-1, each time resumed.
     command = [sys.executable, "-m", "cogrpo", "train", *_options(ASSET_DIR, killed, 4)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (killed / "checkpoint-00000002").exists():
-        assert process.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    resumed = subprocess.run([sys.executable, "-m", "cogrpo", "train", "--resume", str(killed)], capture_output=True,
-                             text=True, timeout=600)
+    for kill_after in (1, 2, 3):
+        _kill_after_checkpoint(command, killed, kill_after)
+        command = [sys.executable, "-m", "cogrpo", "train", "--resume", str(killed)]
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     expected = _final_weights(reference)
     actual = _final_weights(killed)
@@ -93,7 +110,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert _logged_rewards(killed) == _logged_rewards(reference)
     assert any(abs_max > 0 for _, _, abs_max in _logged_rewards(reference).values())
     summary = json.loads((killed / "summary.json").read_text())
-    assert summary["resumes"][0]["iteration"] >= 2
+    assert [resume["iteration"] for resume in summary["resumes"]] == [1, 2, 3]
 
 
 def test_resume_rejects_changed_config(tmp_path, random_shapes_dir):
@@ -140,7 +157,7 @@ def test_resume_rejects_world_size_and_revision(tmp_path, random_shapes_dir):
 
 
 @pytest.mark.skipif(not weights_available(), reason="the embedded weights are not in this checkout")
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_killed_and_resumed_match_one(tmp_path):
     # The embedded pretrained model, not the random one: its rewards differ within a group, so
     # advantages are non-zero and the updates compared below really change the parameters.
     base = {f"{k}": v for k, v in load_file(str(ASSET_DIR / "transformer" / "diffusion_pytorch_model.safetensors")).items()}
@@ -157,12 +174,18 @@ def test_two_processes_match_one(tmp_path):
         torch.set_num_threads(threads)
     double = tmp_path / "double"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29641", "-m", "cogrpo", "train"]
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"]
     options = _options(ASSET_DIR, double, 2)
     options[options.index("--group-size") + 1] = "4"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([*launch, *options], capture_output=True, text=True, timeout=600, env=env)
+    # The two-process run is killed (both ranks and the launcher) after its first checkpoint and resumed,
+    # so this also checks a two-rank resume against the uninterrupted single-process run.
+    _kill_after_checkpoint([*launch, "29641", "-m", "cogrpo", "train", *options], double, 1, env=env)
+    out = subprocess.run([*launch, "29642", "-m", "cogrpo", "train", "--resume", str(double)], capture_output=True, text=True,
+                         timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((double / "summary.json").read_text())
+    assert summary["resumes"][0]["iteration"] == 1
     one, two = _final_weights(single), _final_weights(double)
     state = json.loads((sorted(double.glob("checkpoint-*"))[-1] / "trainer_state.json").read_text())
     assert state["world_size"] == 2

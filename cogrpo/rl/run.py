@@ -126,6 +126,7 @@ def save_checkpoint(trainer: CoGRPOTrainer, run_dir: Path) -> Path | None:
                 "rank_parameter_sha256": digests,
                 "iteration": trainer.iteration,
                 "consecutive_skips": trainer.consecutive_skips,
+                "consecutive_divergent": trainer.consecutive_divergent,
                 "skip_counts": trainer.skip_counts,
                 "config": config.to_dict(),
                 "config_hash": config.training_hash(),
@@ -181,6 +182,7 @@ def load_checkpoint(trainer: CoGRPOTrainer, path: Path, allow_mismatch: bool = F
         load_optimizer(trainer.schedule_optimizer, path, "schedule_optimizer")
     trainer.iteration = int(state["iteration"])
     trainer.consecutive_skips = int(state.get("consecutive_skips", 0))
+    trainer.consecutive_divergent = int(state.get("consecutive_divergent", 0))
     trainer.skip_counts.update({k: int(v) for k, v in state.get("skip_counts", {}).items()})
     return {"path": str(path), "iteration": trainer.iteration, "mismatches": problems}
 
@@ -330,6 +332,9 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
     summary.setdefault("resumes", [])
     if resumed:
         summary["resumes"].append(resumed)
+        if is_main:
+            # Written now, so that a run killed again before its end still records this resume.
+            atomic_write_json(summary_path, summary)
     suite = shapes_suite() if config.model == "shapes" else None
     evaluate = suite is not None and (config.final_eval or config.eval_every)
 

@@ -297,6 +297,7 @@ def test_local_path_loads_saved_components(tmp_path, empty_offline_cache):
     backend = load_amused("256", path=tmp_path)
     assert backend.name == "amused-256"
     assert backend.revision == f"path:{tmp_path.resolve()}"
+    assert backend.weights_dir == tmp_path
     assert backend.mask_token_id == 31
     saved = tiny.transformer.state_dict()
     assert all(torch.equal(value, backend.transformer.state_dict()[key]) for key, value in saved.items())

@@ -103,7 +103,8 @@ def test_sample_cli_random_weights_marks_output(tmp_path):
     assert "random weights" in " ".join(result.output.split())
     assert sorted(p.name for p in out.glob("*.png")) == ["000-000.png", "000-001.png", "grid.png"]
     record = json.loads((out / "prompts.json").read_text())
-    assert record["model"] == {"name": "shapes", "revision": "random", "random_weights": True, "dtype": "float32"}
+    assert record["model"] == {"name": "shapes", "revision": "random", "random_weights": True, "dtype": "float32",
+                               "weight_sha256": {}}
 
 
 def test_eval_cli_random_weights_marks_result(tmp_path):
@@ -115,6 +116,7 @@ def test_eval_cli_random_weights_marks_result(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["model"]["random_weights"] is True
     assert result["model"]["revision"] == "random"
+    assert result["model"]["weight_sha256"] == {}
     assert result["model"]["dtype"] == "bfloat16"
     assert result["dtype"] == "bfloat16"
     assert result["n_samples"] == 1
@@ -127,7 +129,8 @@ def test_train_cli_random_weights_marks_summary(tmp_path):
             "--steps", "2", "--device", "cpu", "--no-final-eval", "--gradient-checkpointing", "--out", str(run))
 
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["model"] == {"name": "shapes", "revision": "random", "random_weights": True, "dtype": "float32"}
+    assert summary["model"] == {"name": "shapes", "revision": "random", "random_weights": True, "dtype": "float32",
+                               "weight_sha256": {}}
     assert summary["config"]["random_weights"] is True
     assert summary["config"]["gradient_checkpointing"] is True
     state = json.loads(next(run.glob("checkpoint-*/trainer_state.json")).read_text())

@@ -550,6 +550,7 @@ def test_load_local_folder_round_trip(tiny, tmp_path):
     assert loaded.grid == tiny.grid
     assert loaded.mask_token_id == tiny.mask_token_id
     assert loaded.revision == f"local:{folder}"
+    assert loaded.weights_dir == folder
     assert torch.allclose(actual, expected, atol=1e-5)
 
 

@@ -43,7 +43,8 @@ from PIL import Image
 
 from cogrpo.benchmarks import download
 from cogrpo.benchmarks.download import PinnedFile
-from cogrpo.rewards.base import ImageLike, MissingWeightsError, Scorer, ScoreResult, to_rgb_array
+from cogrpo.rewards.base import ImageLike, MissingWeightsError, Scorer, ScoreResult, WeightsSpec, to_rgb_array
+from cogrpo.weight_digests import hub_snapshot_folder
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,12 @@ BLIP_VQA_MODEL = "Salesforce/blip-vqa-base"
 # The hub commit "Update tokenizer_config.json (#4)". It ships pytorch_model.bin
 # only (model.safetensors was added by a later commit).
 BLIP_VQA_REVISION = "15155863e700256a7b53791e9cba2d8df9258ab3"
+BLIP_VQA_WEIGHTS = WeightsSpec(repo_id=BLIP_VQA_MODEL, filename="pytorch_model.bin", revision=BLIP_VQA_REVISION)
 MPLUG_VQA_MODEL = "damo/mplug_visual-question-answering_coco_large_en"
+# The whole ModelScope model folder, so no file name. NOTE: the revision is not pinned,
+# as in the official DPG-Bench script, so None is recorded.
+MPLUG_VQA_WEIGHTS = WeightsSpec(repo_id=f"modelscope:{MPLUG_VQA_MODEL}", filename="", revision=None)
+VQA_BACKENDS: tuple[str, ...] = ("blip", "mplug")
 
 
 class QuestionFileError(ValueError):
@@ -526,6 +532,7 @@ class TransformersVQA:
     """
 
     comparable_with_published = False
+    weights = (BLIP_VQA_WEIGHTS,)
 
     def __init__(
         self,
@@ -558,6 +565,9 @@ class TransformersVQA:
                 f"(hf download {source} --revision {revision}) or pass a local folder as model."
             ) from error
 
+        snapshot = Path(source) if is_local else hub_snapshot_folder(source, revision, cache_dir)
+        # The local folder that the weights were loaded from, whose weight files result JSON hashes.
+        self.weight_paths: tuple[Path, ...] = (snapshot,) if snapshot is not None else ()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = getattr(torch, dtype)
         self.model.to(device=self.device, dtype=self.dtype).eval()
@@ -592,6 +602,7 @@ class MPlugVQA:
     """
 
     comparable_with_published = True
+    weights = (MPLUG_VQA_WEIGHTS,)
 
     def __init__(self, model: str = MPLUG_VQA_MODEL, *, device: str = "gpu"):
         try:
@@ -605,6 +616,10 @@ class MPlugVQA:
             ) from error
         self._pipeline = pipeline(Tasks.visual_question_answering, model=model, device=device)
         self.name = model
+        # NOTE: ``model.model_dir`` is where ModelScope models keep their downloaded folder. This
+        # path has not been run here, because modelscope is not installed.
+        model_dir = getattr(getattr(self._pipeline, "model", None), "model_dir", None)
+        self.weight_paths: tuple[Path, ...] = (Path(model_dir),) if model_dir else ()
 
     def answer(self, images: list[np.ndarray], questions: list[str]) -> list[str]:
         """Ask the pipeline one (image, question) pair at a time, as the official script does."""
@@ -615,6 +630,26 @@ class MPlugVQA:
             result = self._pipeline({"image": Image.fromarray(to_rgb_array(image)), "question": question})
             answers.append(result["text"])
         return answers
+
+
+def declared_vqa_weights(name: str) -> tuple[WeightsSpec, ...]:
+    """Return the pinned weights of the VQA backend called ``name``, without building it."""
+    if name == "blip":
+        return TransformersVQA.weights
+    if name == "mplug":
+        return MPlugVQA.weights
+    raise ValueError(f"invalid VQA backend {name!r}; choose one of {', '.join(VQA_BACKENDS)}")
+
+
+def build_vqa_backend(name: str) -> VQABackend:
+    """Build the VQA backend called ``name``: ``"blip"`` (``TransformersVQA``) or ``"mplug"`` (``MPlugVQA``)."""
+    if name == "mplug":
+        import torch
+
+        return MPlugVQA(device="gpu" if torch.cuda.is_available() else "cpu")
+    if name == "blip":
+        return TransformersVQA()
+    raise ValueError(f"invalid VQA backend {name!r}; choose one of {', '.join(VQA_BACKENDS)}")
 
 
 # --------------------------------------------------------------------------- batched scoring
@@ -781,8 +816,9 @@ class DPGScorer(Scorer):
     Each image's metadata must carry its ``item_id``. Images that fail (unknown
     item, bad grid, backend error) get NaN and an error message. The default
     backend is ``TransformersVQA`` (BLIP), whose scores are not comparable with
-    published DPG-Bench numbers; pass ``backend=MPlugVQA()`` for the official
-    model. The VQA backend loads its own weights, so ``weights`` is empty.
+    published DPG-Bench numbers; pass ``backend=MPlugVQA()`` or ``vqa="mplug"``
+    for the official model. ``vqa`` names the backend to build when ``backend``
+    is None. The instance's ``weights`` are the backend's.
     """
 
     name = "dpg"
@@ -790,12 +826,22 @@ class DPGScorer(Scorer):
     higher_is_better = True
     bounds = (0.0, 1.0)
 
+    @classmethod
+    def declared_weights(
+        cls, *args: Any, backend: VQABackend | None = None, vqa: str | None = None, **options: Any
+    ) -> tuple[WeightsSpec, ...]:
+        """Return the pinned weights of the VQA backend, without building it."""
+        if backend is not None:
+            return tuple(getattr(backend, "weights", ()))
+        return declared_vqa_weights(vqa or "blip")
+
     def __init__(
         self,
         questions: Mapping[str, Sequence[Question]] | None = None,
         *,
         questions_path: str | os.PathLike[str] | None = None,
         backend: VQABackend | None = None,
+        vqa: str | None = None,
         tiles: int = MAX_TILES,
         tile_size: int | None = None,
         batch_size: int = 64,
@@ -803,11 +849,15 @@ class DPGScorer(Scorer):
     ):
         if questions is not None and questions_path is not None:
             raise ValueError("pass questions or questions_path, not both")
+        if backend is not None and vqa is not None:
+            raise ValueError("pass backend or vqa, not both")
         if questions is None:
             path = questions_path if questions_path is not None else fetch_questions()
             questions = load_questions(path, legacy=legacy)
         self.questions = {item_id: list(items) for item_id, items in questions.items()}
-        self.backend = backend if backend is not None else TransformersVQA()
+        self.backend = backend if backend is not None else build_vqa_backend(vqa or "blip")
+        self.weights = tuple(getattr(self.backend, "weights", ()))
+        self.weight_paths = tuple(getattr(self.backend, "weight_paths", ()))
         self.comparable_with_published = bool(getattr(self.backend, "comparable_with_published", False))
         if not self.comparable_with_published:
             logger.warning(

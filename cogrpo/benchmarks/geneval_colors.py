@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from cogrpo.benchmarks.geneval import COLORS, ColorClassifier, Detection
-from cogrpo.rewards.base import MissingWeightsError
-from cogrpo.rewards.clip_score import check_tag_weights_available
+from cogrpo.rewards.base import MissingWeightsError, WeightsSpec
+from cogrpo.rewards.clip_score import DEFAULT_WEIGHTS, cached_tag_file, check_tag_weights_available
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ COLOR_TEMPLATES: tuple[str, ...] = (
 )
 DEFAULT_MODEL_NAME = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
+# The hub file of the default tag, the same weights as CLIPScore's. NOTE: its revision
+# is "main" because open_clip takes no pinned revision.
+DEFAULT_CLIP_WEIGHTS: WeightsSpec = DEFAULT_WEIGHTS
 # open_clip's file names for hub weights, the safetensors copy first.
 
 
@@ -85,6 +88,8 @@ class PaletteColorModel:
     """The shapes world's colour rule: the median masked pixel's nearest palette colour."""
 
     name = "palette"
+    weights: tuple[WeightsSpec, ...] = ()
+    weight_paths: tuple[Path, ...] = ()
 
     def bind(self, image: np.ndarray) -> ColorClassifier:
         from cogrpo.world.detector import color_classifier
@@ -103,6 +108,9 @@ class CLIPColorModel:
     """
 
     name = "clip"
+    weights = (DEFAULT_CLIP_WEIGHTS,)
+    # The local weights file that was loaded, when its path is known without a download.
+    weight_paths: tuple[Path, ...] = ()
 
     def __init__(
         self,
@@ -131,6 +139,8 @@ class CLIPColorModel:
                 raise ValueError(f"unknown open_clip weights {pretrained!r} for {model_name!r}; available tags: {available}")
             check_tag_weights_available(model_name, pretrained, tag_config, option)
             source = pretrained
+            cached = cached_tag_file(tag_config)
+            self.weight_paths = (cached,) if cached is not None else ()
         else:
             path = Path(checkpoint)
             if not path.is_file():
@@ -139,6 +149,7 @@ class CLIPColorModel:
                     f"Pass the file with {option} PATH."
                 )
             source = str(path)
+            self.weight_paths = (path,)
         if quick_gelu is None:
             # A local checkpoint takes the activation of the tag it copies: QuickGELU for "openai" weights.
             quick_gelu = bool(tag_config.get("quick_gelu", False)) if checkpoint is None else pretrained == "openai"
@@ -216,6 +227,15 @@ class CLIPColorModel:
             return self.classify(picture, object_name, objects)
 
         return classify
+
+
+def declared_color_weights(name: str) -> tuple[WeightsSpec, ...]:
+    """Return the pinned weights of the colour model called ``name``, without building it."""
+    if name == "clip":
+        return CLIPColorModel.weights
+    if name == "palette":
+        return PaletteColorModel.weights
+    raise ValueError(f"unknown colour model {name!r}; allowed: clip, palette")
 
 
 def build_color_model(

@@ -29,7 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from cogrpo.benchmarks.geneval import SCORE_THRESHOLD, Detection
-from cogrpo.rewards.base import MissingWeightsError
+from cogrpo.rewards.base import MissingWeightsError, WeightsSpec
+from cogrpo.weight_digests import hub_snapshot_folder
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ DEFAULT_MASK2FORMER_MODEL = "facebook/mask2former-swin-small-coco-instance"
 # preprocessor_config.json, and this revision lacks that edit. This code has not
 # yet been run with the weights at this revision.
 DEFAULT_MASK2FORMER_REVISION = "f77f179fc62b98f6734481ebbef5bceeb1e7f10b"
+# The weights file of that revision, uploaded by the hub commit babc022 of 2023-01-16.
+DEFAULT_MASK2FORMER_WEIGHTS = WeightsSpec(
+    repo_id=DEFAULT_MASK2FORMER_MODEL,
+    filename="pytorch_model.bin",
+    revision=DEFAULT_MASK2FORMER_REVISION,
+    option="--detector-weights",
+)
 # The test scale of the official mmdetection pipeline and of Mask2Former's own
 # COCO evaluation: shorter side 800, longer side at most 1333.
 OFFICIAL_TEST_SIZE: dict[str, int] = {"shortest_edge": 800, "longest_edge": 1333}
@@ -100,6 +108,14 @@ MMDET_CONFIG = "configs/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coc
 MMDET_CHECKPOINT_URL = (
     "https://download.openmmlab.com/mmdetection/v2.0/mask2former/mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco/"
     "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco_20220504_001756-743b7d99.pth"
+)
+# A plain URL takes no revision. The file name ends with the first 8 hex digits of the
+# file's SHA-256, as OpenMMLab's publish_model script names released checkpoints.
+MMDET_WEIGHTS = WeightsSpec(
+    repo_id=MMDET_CHECKPOINT_URL.rsplit("/", 1)[0],
+    filename=MMDET_CHECKPOINT_URL.rsplit("/", 1)[1],
+    revision=None,
+    option="--detector-weights",
 )
 MMDET_EXTRA = "geneval-mmdet"
 
@@ -175,6 +191,8 @@ class ShapesDetector:
 
     name = "shapes"
     comparable_with_official = False
+    weights: tuple[WeightsSpec, ...] = ()
+    weight_paths: tuple[Path, ...] = ()
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Run the shapes detector on each image."""
@@ -294,6 +312,7 @@ class Mask2FormerDetector:
 
     name = "mask2former"
     comparable_with_official = False
+    weights = (DEFAULT_MASK2FORMER_WEIGHTS,)
 
     def __init__(
         self,
@@ -334,6 +353,9 @@ class Mask2FormerDetector:
                 f"(hf download {source} --revision {revision}) or pass a local folder with {option} PATH."
             ) from error
 
+        snapshot = Path(source) if is_local else hub_snapshot_folder(source, revision)
+        # Local weight folders whose files result JSON hashes: the folder given, or the hub snapshot.
+        self.weight_paths: tuple[Path, ...] = (snapshot,) if snapshot is not None else ()
         self.labels = label_map(self.model.config.id2label)
         if not self.labels:
             raise ValueError(
@@ -472,6 +494,7 @@ class MMDetDetector:
     """
 
     name = "mmdet"
+    weights = (MMDET_WEIGHTS,)
 
     def __init__(
         self,
@@ -507,6 +530,7 @@ class MMDetDetector:
         # Only the 2.x code with the official checkpoint is the official evaluator.
         self.comparable_with_official = self.mmdet_version.startswith("2.")
         self.source = str(checkpoint)
+        self.weight_paths = (Path(checkpoint),)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Run the detector on each image, converted to BGR."""
@@ -531,6 +555,14 @@ def _mmdet_class_names(model: Any) -> list[str]:
 
 
 # --------------------------------------------------------------------------- factory
+
+
+def declared_detector_weights(name: str) -> tuple[WeightsSpec, ...]:
+    """Return the pinned weights of the detector called ``name``, without building it."""
+    detectors = {"mask2former": Mask2FormerDetector, "mmdet": MMDetDetector, "shapes": ShapesDetector}
+    if name not in detectors:
+        raise ValueError(f"unknown detector {name!r}; allowed: {', '.join(DETECTOR_NAMES)}")
+    return tuple(detectors[name].weights)
 
 
 def build_detector(

@@ -15,6 +15,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,6 @@ def imagereward_aggregate(records: list[dict[str, Any]]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- DPG-Bench
 
-VQA_BACKENDS: tuple[str, ...] = ("blip", "mplug")
 DPG_TILES = 4
 DPG_DETAIL_KEYS: tuple[str, ...] = ("category_scores", "tile_scores", "answers")
 
@@ -240,8 +240,8 @@ def dpg_suite(
     """
     from cogrpo.benchmarks import dpg
 
-    if vqa not in VQA_BACKENDS:
-        raise ValueError(f"invalid VQA backend {vqa!r}; choose one of {', '.join(VQA_BACKENDS)}")
+    if vqa not in dpg.VQA_BACKENDS:
+        raise ValueError(f"invalid VQA backend {vqa!r}; choose one of {', '.join(dpg.VQA_BACKENDS)}")
     pinned = dpg.QUESTIONS_FILE
     if prompts is None:
         path = dpg.fetch_questions()
@@ -262,9 +262,6 @@ def dpg_suite(
             raise dpg.QuestionFileError(f"{path}:{questions[0].line}: empty text for item {item_id!r}; expected its prompt")
         entries.append({"item_id": item_id, "prompt": questions[0].prompt})
 
-    def make_scorer():
-        return dpg.DPGScorer(scoring_questions, backend=build_vqa(vqa), tiles=DPG_TILES, legacy=legacy)
-
     def aggregate(records: list[dict[str, Any]]) -> dict[str, float]:
         return dpg_aggregate(records, entries, scoring_questions, legacy=legacy)
 
@@ -275,7 +272,7 @@ def dpg_suite(
         entries=entries,
         prompt_sha256=digest,
         images_per_prompt=1,
-        make_scorer=make_scorer,
+        make_scorer=partial(dpg.DPGScorer, scoring_questions, vqa=vqa, tiles=DPG_TILES, legacy=legacy),
         aggregate=aggregate,
         layout="dpg",
         tiles=DPG_TILES,
@@ -302,17 +299,6 @@ def dpg_legacy_suite(
 ) -> BenchmarkSuite:
     """Build DPG-Bench with the official script's bugs kept (see ``dpg_suite``)."""
     return dpg_suite(prompts, prompt_sha256, vqa, legacy=True)
-
-
-def build_vqa(vqa: str):
-    """Build the VQA backend called ``vqa`` (``"blip"`` or ``"mplug"``)."""
-    from cogrpo.benchmarks import dpg
-
-    if vqa == "mplug":
-        import torch
-
-        return dpg.MPlugVQA(device="gpu" if torch.cuda.is_available() else "cpu")
-    return dpg.TransformersVQA()
 
 
 def dpg_aggregate(

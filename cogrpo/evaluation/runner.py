@@ -9,8 +9,9 @@ done. Rank 0 gathers the records and writes the result JSON atomically.
 
 The result JSON identifies what was measured. It records the benchmark version
 and prompt file SHA-256, the model, the scorer's class, version and weight
-revisions, seeds, dtype, batch size, world size, library versions, git commit
-and determinism settings. ``samples_sha256`` is the SHA-256 of the ordered
+revisions, the SHA-256 of the local weight files the scorer loaded, seeds,
+dtype, batch size, world size, library versions, git commit and determinism
+settings. ``samples_sha256`` is the SHA-256 of the ordered
 per-sample (prompt index, image index, prompt, image SHA-256, score) list, so
 two runs that generated and scored the same images the same way have the same
 value. Failed samples are counted in ``n_failed`` and set ``incomplete``. A
@@ -51,6 +52,7 @@ from cogrpo.rewards.base import Scorer, WeightsSpec
 from cogrpo.rewards.guard import GuardedScorer
 from cogrpo.models.precision import dtype_name
 from cogrpo.rl.trainer import derive_seed
+from cogrpo.weight_digests import weight_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +124,8 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {"python": platform.python_version()}
-    for name in ("cogrpo", "torch", "torchvision", "diffusers", "transformers", "open-clip-torch", "numpy", "pillow"):
+    for name in ("cogrpo", "torch", "torchvision", "diffusers", "transformers", "open-clip-torch", "numpy", "pillow",
+                 "mmdet", "mmcv-full", "modelscope"):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -180,7 +183,8 @@ def run_benchmark(
             request = dataclasses.replace(request, dtype=dtype_name(compute_dtype))
         _generate(suite, request, image_root, backend, schedule, jobs, counters)
     scores_path = out_dir / f"scores-rank{rank:03d}-of-{world:03d}.jsonl"
-    _score(suite, request, image_root, jobs, scores_path, counters)
+    weights_path = out_dir / f"scorer-weights-rank{rank:03d}-of-{world:03d}.json"
+    _score(suite, request, image_root, jobs, scores_path, weights_path, counters)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if rank != 0:
@@ -189,7 +193,10 @@ def run_benchmark(
     for path in sorted(out_dir.glob(f"scores-rank*-of-{world:03d}.jsonl")):
         records.update(_read_records(path))
     ordered = [records[(i, k)] for i in range(count) for k in range(images_per_prompt) if (i, k) in records]
-    result = _result(suite, request, ordered, count, images_per_prompt, world)
+    loaded_weights: dict[str, str] = {}
+    for path in sorted(out_dir.glob(f"scorer-weights-rank*-of-{world:03d}.json")):
+        loaded_weights.update(json.loads(path.read_text(encoding="utf-8")))
+    result = _result(suite, request, ordered, count, images_per_prompt, world, dict(sorted(loaded_weights.items())))
     extras = suite.extra_files(image_root, images_per_prompt)
     if extras is not None:
         # Files that no prompt's image path names are listed, never scored or dropped silently.
@@ -237,7 +244,27 @@ def _generate(suite, request, image_root, backend, schedule, jobs, counters) -> 
             counters.generated += 1
 
 
-def _score(suite, request, image_root, jobs, scores_path, counters) -> None:
+def scorer_weight_sha256(scorer: Scorer) -> dict[str, str]:
+    """Return the SHA-256 of the local weight files that ``scorer`` loaded, keyed by path (see ``weight_sha256``)."""
+    inner = getattr(scorer, "inner", scorer)
+    digests: dict[str, str] = {}
+    for path in getattr(inner, "weight_paths", ()):
+        digests.update(weight_sha256(path))
+    return digests
+
+
+def _record_scorer_weights(scorer: Scorer, weights_path: Path) -> None:
+    """Add the digests of the scorer's weight files to this process's ``scorer-weights`` file.
+
+    A rerun that scores nothing builds no scorer, so the digests of earlier runs
+    are kept in this file instead of being computed again.
+    """
+    digests = json.loads(weights_path.read_text(encoding="utf-8")) if weights_path.exists() else {}
+    digests.update(scorer_weight_sha256(scorer))
+    atomic_write_json(weights_path, digests)
+
+
+def _score(suite, request, image_root, jobs, scores_path, weights_path, counters) -> None:
     done = _read_records(scores_path)
     todo = []
     for index, sample_index in jobs:
@@ -255,6 +282,7 @@ def _score(suite, request, image_root, jobs, scores_path, counters) -> None:
         return
     scorer = GuardedScorer.wrap(suite.make_scorer(), timeout_s=request.score_timeout_s, retries=request.score_retries)
     scores_path.parent.mkdir(parents=True, exist_ok=True)
+    _record_scorer_weights(scorer, weights_path)
     with scores_path.open("a", encoding="utf-8") as handle:
         for start in range(0, len(todo), request.batch_size):
             batch = todo[start : start + request.batch_size]
@@ -301,24 +329,30 @@ def samples_sha256(records: list[dict[str, Any]]) -> str:
 def scorer_description(suite: BenchmarkSuite) -> dict[str, Any]:
     """Describe the suite's scorer without building it: class, name, version and pinned weights.
 
-    ``make_scorer`` may be a Scorer subclass or a ``functools.partial`` of one. Any other factory is
-    described by the suite's ``scorer`` label only.
+    ``make_scorer`` may be a Scorer subclass or a ``functools.partial`` of one, whose
+    arguments go to the class's ``declared_weights`` (so the GenEval detector and colour
+    model, and the DPG-Bench VQA model, are listed). Any other factory is described by
+    the suite's ``scorer`` label only.
     """
-    # NOTE: only weights declared in the class's ``weights`` are listed. The GenEval detectors and the
-    # DPG-Bench VQA models pin their revisions in their own modules, which this does not read.
     description: dict[str, Any] = {}
     if suite.info.get("scorer"):
         description["label"] = suite.info["scorer"]
     factory = suite.make_scorer
+    args: tuple[Any, ...] = ()
+    keywords: dict[str, Any] = {}
     while isinstance(factory, functools.partial):
+        # An outer partial's arguments come after (positional) or over (keyword) the inner one's.
+        args = factory.args + args
+        keywords = {**factory.keywords, **keywords}
         factory = factory.func
     if isinstance(factory, type) and issubclass(factory, Scorer):
+        specs = factory.declared_weights(*args, **keywords)
         description.update({
             "class": f"{factory.__module__}.{factory.__qualname__}",
             "name": factory.name,
             "version": factory.version,
             "weights": [{"repo_id": spec.repo_id, "filename": spec.filename, "revision": spec.revision,
-                         "sha256": spec.sha256} for spec in factory.weights if isinstance(spec, WeightsSpec)],
+                         "sha256": spec.sha256} for spec in specs if isinstance(spec, WeightsSpec)],
         })
     return description
 
@@ -329,7 +363,7 @@ def _null_metric_reasons(metrics: dict[str, Any]) -> dict[str, str]:
             for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)}
 
 
-def _result(suite, request, records, count, images_per_prompt, world) -> dict[str, Any]:
+def _result(suite, request, records, count, images_per_prompt, world, loaded_weights) -> dict[str, Any]:
     expected = count * images_per_prompt
     failed = [r for r in records if r.get("score") is None]
     # Missing records (a shard that never reported) also count as failures.
@@ -351,7 +385,7 @@ def _result(suite, request, records, count, images_per_prompt, world) -> dict[st
         "world_size": world,
         "score_only": request.score_only,
         "partial": count < len(suite.entries),
-        "scorer": scorer_description(suite),
+        "scorer": {**scorer_description(suite), "weight_sha256": loaded_weights},
         "determinism": determinism_record(),
         "versions": library_versions(),
         "git_commit": _git_commit(),

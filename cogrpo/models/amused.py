@@ -283,7 +283,7 @@ def load_amused(
         transformer, vq, text_encoder, tokenizer = _load_components(root, spec, revision, dtype)
         backend_revision = revision if path is None else f"path:{Path(path).resolve()}"
     text_max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
-    return AmusedBackend(
+    backend = AmusedBackend(
         spec.name,
         transformer,
         vq,
@@ -298,6 +298,8 @@ def load_amused(
         device=device,
         revision=backend_revision,
     )
+    backend.weights_dir = None if random_weights else root
+    return backend
 
 
 def load_amused_256(**kwargs: Any) -> AmusedBackend:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -154,6 +155,9 @@ class VQTokenBackend:
         self.default_remask_temperature = default_remask_temperature
         self.text_max_length = int(text_max_length)
         self.revision = revision
+        # The local folder (a model folder or a resolved hub snapshot) that the weights were loaded
+        # from, set by loaders that know it. None for random weights and when unknown.
+        self.weights_dir: Path | None = None
         self.compute_dtype = torch.float32
         height, width = image_size
         # aMUSEd's pipeline passes width before height on purpose, as a comment in it notes, and Meissonic's copies it.

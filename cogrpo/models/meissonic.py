@@ -592,7 +592,7 @@ def load_meissonic(
         text_encoder = CLIPTextModelWithProjection.from_pretrained(encoder_source).to(dtype)
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     logger.info("loaded Meissonic from %s", source)
-    return MeissonicBackend(
+    backend = MeissonicBackend(
         transformer,
         vq,
         text_encoder,
@@ -601,6 +601,9 @@ def load_meissonic(
         device=device,
         revision=source,
     )
+    # NOTE: a text_encoder_source outside this folder is not part of it, so its weight files are not hashed.
+    backend.weights_dir = None if random_weights else folder
+    return backend
 
 
 # ---------------------------------------------------------------------------- tiny model for tests

@@ -29,11 +29,15 @@ class MissingWeightsError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """The source of a scorer's weights: a hub file at a pinned revision, or a local path."""
+    """The source of a scorer's weights: a hub file at a pinned revision, or a local path.
+
+    ``revision`` is None only in records of sources that take no revision (a plain
+    download URL, whose ``repo_id`` is the URL's folder, or an unpinned ModelScope model).
+    """
 
     repo_id: str
     filename: str
-    revision: str
+    revision: str | None
     option: str = "--weights"
     sha256: str | None = None
 
@@ -106,6 +110,18 @@ class Scorer:
     weights: tuple[WeightsSpec, ...] = ()
     # Range of the scores when they are bounded, used to check mixes and logs.
     bounds: tuple[float, float] | None = None
+    # Local weight files or folders that this instance loaded, set by subclasses once the
+    # weights are resolved. Result JSON records the SHA-256 of the weight files among them.
+    weight_paths: tuple[Path, ...] = ()
+
+    @classmethod
+    def declared_weights(cls, *args: Any, **options: Any) -> tuple[WeightsSpec, ...]:
+        """Return the pinned weights that ``cls(*args, **options)`` would load, without building it.
+
+        The default is the class's ``weights``. Scorers whose weights depend on a
+        constructor option (a model version, a detector or VQA backend name) override it.
+        """
+        return tuple(cls.weights)
 
     def score(self, images: Sequence[ImageLike], prompts: Sequence[str], metadata: Sequence[dict | None] | None = None) -> np.ndarray:
         """Return float32 scores (N,), NaN for images that failed."""

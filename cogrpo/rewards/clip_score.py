@@ -100,6 +100,7 @@ class CLIPScoreScorer(Scorer):
         if checkpoint is not None:
             source = _local_checkpoint(checkpoint)
             self.version = f"{model_name}/{Path(source).name}"
+            self.weight_paths = (Path(source),)
         else:
             check_tag_weights_available(model_name, pretrained, tag_config, DEFAULT_WEIGHTS.option)
             source = pretrained
@@ -114,6 +115,9 @@ class CLIPScoreScorer(Scorer):
                 f"could not get the open_clip weights {pretrained!r} for {model_name}: {error}. "
                 f"Pass a local copy with {DEFAULT_WEIGHTS.option} PATH (CLIPScoreScorer(checkpoint=PATH))."
             ) from error
+        if checkpoint is None:
+            cached = cached_tag_file(tag_config)
+            self.weight_paths = (cached,) if cached is not None else ()
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.transform = _eval_transform(open_clip, model)
@@ -142,6 +146,28 @@ def _local_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
             f"CLIP weights not found at {path}. Pass an open_clip checkpoint file with {DEFAULT_WEIGHTS.option} PATH."
         )
     return str(path)
+
+
+def cached_tag_file(tag_config: dict[str, Any]) -> Path | None:
+    """Return the local file of an open_clip weights tag if it is on this machine, else None.
+
+    Looks where open_clip 3.3 does, in the same order: the Hugging Face cache for a
+    tag with a hub repo (the safetensors copy first), else the URL download folder
+    ``~/.cache/clip``. Nothing is downloaded.
+    """
+    hub_entry = tag_config.get("hf_hub", "")
+    if hub_entry:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hub_entry)
+        for name in (filename,) if filename else OPEN_CLIP_HUB_FILENAMES:
+            found = try_to_load_from_cache(repo_id, name)
+            if isinstance(found, str):
+                return Path(found)
+        return None
+    url = tag_config.get("url", "")
+    path = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+    return path if url and path.is_file() else None
 
 
 def check_tag_weights_available(model_name: str, pretrained: str, tag_config: dict[str, Any], option: str) -> None:

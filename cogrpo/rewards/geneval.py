@@ -20,7 +20,7 @@ from cogrpo.benchmarks.geneval import ColorClassifier, Detection, judge, keep_de
 from cogrpo.benchmarks import geneval_colors, geneval_detectors
 from cogrpo.benchmarks.geneval_colors import ColorModel, build_color_model
 from cogrpo.benchmarks.geneval_detectors import GenEvalDetector, build_detector
-from cogrpo.rewards.base import MissingWeightsError, ScoreResult, Scorer
+from cogrpo.rewards.base import MissingWeightsError, ScoreResult, Scorer, WeightsSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,30 @@ class GenEvalScorer(Scorer):
     higher_is_better = True
     bounds = (0.0, 1.0)
 
+    @classmethod
+    def declared_weights(
+        cls,
+        strict: bool = True,
+        *,
+        detector: GenEvalDetector | str = "mask2former",
+        colors: ColorModel | str | None = None,
+        **options: Any,
+    ) -> tuple[WeightsSpec, ...]:
+        """Return the pinned weights of the detector and the colour model, without loading either."""
+        if isinstance(detector, str):
+            detector_weights = geneval_detectors.declared_detector_weights(detector)
+            detector_name = detector
+        else:
+            detector_weights = tuple(getattr(detector, "weights", ()))
+            detector_name = detector.name
+        if colors is None:
+            colors = "palette" if detector_name == "shapes" else "clip"
+        if isinstance(colors, str):
+            color_weights = geneval_colors.declared_color_weights(colors)
+        else:
+            color_weights = tuple(getattr(colors, "weights", ()))
+        return detector_weights + color_weights
+
     def __init__(
         self,
         strict: bool = True,
@@ -74,6 +98,8 @@ class GenEvalScorer(Scorer):
             raise ValueError("clip_weights only applies to a colour model given by name")
         self.detector = detector
         self.colors = colors
+        self.weights = tuple(getattr(detector, "weights", ())) + tuple(getattr(colors, "weights", ()))
+        self.weight_paths = tuple(getattr(detector, "weight_paths", ())) + tuple(getattr(colors, "weight_paths", ()))
         self.comparable_with_official = bool(getattr(detector, "comparable_with_official", False)) and colors.name == "clip"
         self.version = f"1/{detector.name}/{colors.name}"
         if not self.comparable_with_official:

@@ -220,6 +220,11 @@ class HPSScorer(Scorer):
     weights = (HPS_WEIGHTS["v2.1"],)
     bounds = (-1.0, 1.0)
 
+    @classmethod
+    def declared_weights(cls, version: str | None = None, *args: Any, **options: Any) -> tuple[WeightsSpec, ...]:
+        """Return the pinned checkpoint of ``version`` (default: the class's version)."""
+        return (HPS_WEIGHTS[version or cls.version],)
+
     def __init__(
         self,
         version: str | None = None,
@@ -260,6 +265,7 @@ class HPSScorer(Scorer):
             raise ValueError(f"autocast=True needs a CUDA device, got {self.device}, because the official fp16 autocast is CUDA-only")
 
         self.checkpoint_path = resolve_hps_checkpoint(version, checkpoint)
+        self.weight_paths = (self.checkpoint_path,)
         self.model, self.tokenizer = self._load_model(trust_pickle)
         self.image_size = _image_size(self.model)
 

@@ -660,6 +660,7 @@ class ImageRewardScorer(Scorer):
         # Resolve both files before the slow checkpoint load, so a missing one fails fast.
         checkpoint_file = resolve_file(CHECKPOINT_SPEC, weights_path)
         vocab_file = resolve_file(TOKENIZER_SPEC, tokenizer_path)
+        self.weight_paths = (checkpoint_file,)
 
         self.tokenizer = load_tokenizer(vocab_file)
         if len(self.tokenizer) > self.config.vocab_size:

@@ -70,7 +70,11 @@ def build_backend(config: TrainConfig, device: torch.device):
 
 
 def model_info(config: TrainConfig, backend) -> dict[str, Any]:
-    """Return the base model's description for result files: name, revision, random weights and compute dtype."""
+    """Return the base model's description for result files.
+
+    It contains the name, revision, random weights flag, compute dtype and ``weight_sha256``,
+    the SHA-256 of each weight file the model was loaded from (see ``base_model_weight_sha256``).
+    """
     from cogrpo.models.precision import dtype_name
 
     return {
@@ -78,7 +82,40 @@ def model_info(config: TrainConfig, backend) -> dict[str, Any]:
         "revision": getattr(backend, "revision", None),
         "random_weights": config.random_weights,
         "dtype": dtype_name(getattr(backend, "compute_dtype", torch.float32)),
+        "weight_sha256": base_model_weight_sha256(config, backend),
     }
+
+
+def base_model_folder(config: TrainConfig, backend) -> Path | None:
+    """Return the local folder that the base model's weights were loaded from, or None for random weights.
+
+    That is the backend's ``weights_dir`` (a resolved hub snapshot or a local folder),
+    else ``--model-path``, else the embedded shapes model's asset folder.
+    """
+    if config.random_weights:
+        return None
+    folder = getattr(backend, "weights_dir", None)
+    if folder is not None:
+        return Path(folder)
+    if config.model_path is not None:
+        return Path(config.model_path)
+    if config.model == "shapes":
+        from cogrpo.models.shapes import weights_dir
+
+        return weights_dir(None)
+    return None
+
+
+def base_model_weight_sha256(config: TrainConfig, backend) -> dict[str, str]:
+    """Return the SHA-256 of each weight file of the base model's folder, keyed by path relative to it.
+
+    Weight files are those with a suffix of ``cogrpo.weight_digests.WEIGHT_SUFFIXES``.
+    Each file is hashed once per process. Random-weight models give an empty dictionary.
+    """
+    from cogrpo.weight_digests import folder_weight_sha256
+
+    folder = base_model_folder(config, backend)
+    return folder_weight_sha256(folder) if folder is not None else {}
 
 
 def build_reward(spec: str, device: torch.device | None = None, timeout_s: float | None = 300.0):
@@ -287,7 +324,8 @@ def load_trained(run_dir: str | Path, device: str | torch.device = "cpu", checkp
     info = {"checkpoint": str(path), "checkpoint_sha256": checkpoint_hash, "iteration": state["iteration"],
             "mode": config.mode, "steps": config.steps, "base_model": state.get("base_model"),
             "base_model_revision": state.get("base_model_revision"), "random_weights": config.random_weights,
-            "dtype": model_info(config, backend)["dtype"]}
+            "dtype": model_info(config, backend)["dtype"],
+            "base_model_weight_sha256": base_model_weight_sha256(config, backend)}
     return backend, policy, info
 
 

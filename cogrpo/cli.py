@@ -36,6 +36,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+@app.callback()
+def _check_environment() -> None:
+    # Runs before every command. An old torch exits with code 2 before any model or weights file is loaded.
+    from cogrpo.torch_version import UnsupportedTorchError, check_torch_version
+
+    try:
+        check_torch_version()
+    except UnsupportedTorchError as error:
+        _fail(str(error))
+
+
 def _enable_deterministic() -> None:
     from cogrpo.determinism import DeterminismError, enable_deterministic
 

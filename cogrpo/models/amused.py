@@ -191,7 +191,7 @@ def resolve_weights_dir(variant: str | int = "256", path: str | os.PathLike[str]
     revision = revision or spec.revision
     hint = (
         f"Download it on a machine with hub access (hf download {spec.repo_id} --revision {revision}) "
-        "or pass a local folder with path= (--model-path on the command line)."
+        "or pass a local folder: --model-path FOLDER on the command line, path= in Python."
     )
     if path is not None:
         root = Path(path)

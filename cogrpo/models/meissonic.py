@@ -484,8 +484,8 @@ def _resolve_hub_snapshot(revision: str, cache_dir: str | os.PathLike[str] | Non
     from huggingface_hub import snapshot_download, try_to_load_from_cache
 
     fix = (
-        f"Download them on a machine with access (huggingface-cli download {HUB_ID} --revision {revision}) "
-        "or pass path=<folder with transformer/, vqvae/, text_encoder/, tokenizer/>."
+        f"Download them on a machine with access (hf download {HUB_ID} --revision {revision}) "
+        "or pass a folder with transformer/, vqvae/, text_encoder/ and tokenizer/: --model-path FOLDER on the command line, path= in Python."
     )
     found = {name: try_to_load_from_cache(HUB_ID, name, revision=revision, cache_dir=cache_dir) for name in HUB_FILES}
     missing = [name for name, value in found.items() if not isinstance(value, str)]

@@ -74,7 +74,7 @@ class WeightsSpec:
             raise MissingWeightsError(
                 f"{self.filename} from hub repo {self.repo_id} (revision {self.revision}) is not in the local "
                 f"Hugging Face cache and HF_HUB_OFFLINE is set. Download it on a machine with access "
-                f"(huggingface-cli download {self.repo_id} {self.filename} --revision {self.revision}) "
+                f"(hf download {self.repo_id} {self.filename} --revision {self.revision}) "
                 f"or pass a local copy with {self.option} PATH."
             )
         from huggingface_hub import hf_hub_download

@@ -434,8 +434,8 @@ def _resolve_prompt_file(style: str, local_dir: str | os.PathLike[str] | None, r
         raise MissingPromptsError(
             f"{filename} from hub dataset {HPDV2_REPO_ID} (revision {revision}) is not in the Hugging Face cache "
             f"at {hub_cache_folder(HPDV2_REPO_ID, 'dataset')} and HF_HUB_OFFLINE is set. Download it with "
-            f"'huggingface-cli download --repo-type dataset {HPDV2_REPO_ID} {filename} --revision {revision}' "
-            "or pass local_dir=FOLDER with the four <style>.json files."
+            f"'hf download --repo-type dataset {HPDV2_REPO_ID} {filename} --revision {revision}' "
+            "or pass a folder with the four <style>.json files: --prompts FOLDER on `cogrpo eval --bench hps`, local_dir= in Python."
         )
     from huggingface_hub import hf_hub_download
 
@@ -444,7 +444,7 @@ def _resolve_prompt_file(style: str, local_dir: str | os.PathLike[str] | None, r
     except Exception as error:  # the hub client raises many transport error types
         raise MissingPromptsError(
             f"could not download {filename} from hub dataset {HPDV2_REPO_ID} (revision {revision}): {error}. "
-            "Pass local_dir=FOLDER with the four <style>.json files."
+            "Pass a folder with the four <style>.json files: --prompts FOLDER on `cogrpo eval --bench hps`, local_dir= in Python."
         ) from error
 
 

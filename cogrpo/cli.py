@@ -185,6 +185,41 @@ def _warn_random_weights(info: dict) -> None:
                       "(marked random_weights: true in the written JSON)")
 
 
+def _warn_prompts(backend, prompts: list[str]) -> None:
+    """Warn about empty prompts and prompts longer than the text encoder reads (they are truncated)."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    limit = getattr(backend, "text_max_length", None)
+    for index, text in enumerate(prompts):
+        if not text.strip():
+            console.print(f"[yellow]warning:[/yellow] prompt {index} is empty, so its images are unconditional samples")
+            continue
+        if tokenizer is None or limit is None:
+            continue
+        length = len(tokenizer(text, truncation=False)["input_ids"])
+        if length > limit:
+            console.print(f"[yellow]warning:[/yellow] prompt {index} has {length} tokens; the text encoder reads the "
+                          f"first {limit}, so the rest is ignored: {text!r}")
+
+
+def _remove_earlier_sample(out: Path) -> None:
+    """Delete the PNGs and grid that an earlier `cogrpo sample` wrote to ``out`` (as listed in its prompts.json).
+
+    Files that no earlier sample wrote stay, and so does everything when prompts.json is unreadable.
+    """
+    record_file = out / "prompts.json"
+    if not record_file.is_file():
+        return
+    try:
+        record = json.loads(record_file.read_text())
+        names = [f"{i:03d}-{k:03d}.png" for i in range(len(record["prompts"])) for k in range(int(record["n"]))]
+    except (ValueError, KeyError, TypeError):
+        console.print(f"[yellow]warning:[/yellow] {record_file} is not a readable `cogrpo sample` record; earlier "
+                      "images in that folder are left as they are")
+        return
+    for name in [*names, "grid.png"]:
+        (out / name).unlink(missing_ok=True)
+
+
 def _safe_out(out: Path) -> Path:
     out = out.resolve()
     if out.exists() and not out.is_dir():
@@ -199,7 +234,8 @@ def sample(
     n: int = typer.Option(4, help="Images per prompt."),
     steps: int = typer.Option(12, help="Decoding steps T."),
     seed: int = typer.Option(0, help="Seed; image k of prompt i uses a generator seeded from (seed, i, k)."),
-    out: Path = typer.Option(Path("outputs/samples"), help="Folder for the PNGs and grid.png (created if missing)."),
+    out: Path = typer.Option(Path("outputs/samples"), help="Folder for the PNGs and grid.png (created if missing). "
+                             "The images of an earlier sample into this folder are replaced."),
     model: str = typer.Option("shapes", help="Registered model backend."),
     model_path: Optional[Path] = typer.Option(None, help="Local weights folder for the backend."),
     checkpoint: Optional[Path] = typer.Option(None, help="Run folder (or checkpoint folder) of `cogrpo train` to sample from."),
@@ -227,7 +263,9 @@ def sample(
                                         random_weights, dtype)
     _warn_random_weights(info)
     _check_steps(backend, steps)
+    _warn_prompts(backend, prompt)
     out = _safe_out(out)
+    _remove_earlier_sample(out)
     jobs = [(i, k) for i in range(len(prompt)) for k in range(n)]
     seeds = [derive_seed(seed, i, k) for i, k in jobs]
     trajectory = run_sampler(backend, [prompt[i] for i, _ in jobs], image_generators(seeds), steps=steps,

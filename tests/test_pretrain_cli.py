@@ -57,6 +57,25 @@ def test_cli_sample_writes_images(tmp_path):
     assert json.loads((tmp_path / "prompts.json").read_text())["n"] == 2
 
 
+def test_cli_sample_replaces_earlier_sample(tmp_path, random_shapes_dir):
+    common = ("--steps", "2", "--out", str(tmp_path), "--device", "cpu", "--model-path", str(random_shapes_dir))
+    first = _cogrpo("sample", "--prompt", "a photo of a red circle", "--prompt", "a photo of a cross", "--n", "2", *common)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "notes.txt").write_text("mine")
+    second = _cogrpo("sample", "--prompt", "", "--n", "1", *common)
+    assert second.returncode == 0, second.stderr
+    assert "prompt 0 is empty" in " ".join(second.stdout.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000-000.png", "grid.png", "notes.txt", "prompts.json"]
+
+
+def test_cli_sample_warns_about_truncated_prompt(tmp_path, random_shapes_dir):
+    long_prompt = " ".join(["a photo of a red circle"] * 5)
+    out = _cogrpo("sample", "--prompt", long_prompt, "--n", "1", "--steps", "2", "--out", str(tmp_path), "--device", "cpu",
+                  "--model-path", str(random_shapes_dir))
+    assert out.returncode == 0, out.stderr
+    assert "the text encoder reads the first 16" in " ".join(out.stdout.split())
+
+
 def test_cli_eval_then_tables(tmp_path, random_shapes_dir):
     out = _cogrpo("eval", "--model-path", str(random_shapes_dir), "--steps", "2", "--limit", "2", "--images-per-prompt", "1",
                   "--device", "cpu", "--out", str(tmp_path / "eval"))

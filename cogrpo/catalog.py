@@ -12,7 +12,7 @@ MODELS = Registry("model")
 MODELS.register(
     "shapes",
     "cogrpo.models.shapes:load_shapes_backend",
-    description="embedded shapes-world MDM (UVit2DModel + VQModel, 32 px, 8x8 tokens); weights ship in the package",
+    description="embedded shapes-world MDM (UVit2DModel + patch VQ, 32 px, 8x8 tokens); weights ship in the package",
     weights="cogrpo/assets/shapes",
     check="cogrpo.models.shapes:weights_available",
 )

@@ -97,8 +97,8 @@ def _availability(entry) -> str:
 @app.command()
 def pretrain(
     stage: str = typer.Option("all", help="Which stage to run: vq, mdm or all."),
-    vq_steps: int = typer.Option(2000, help="Optimiser steps of the VQ tokenizer's first phase (pixel and commitment losses, codebook restarts)."),
-    vq_finetune_steps: int = typer.Option(2500, help="Optimiser steps of the VQ tokenizer's second phase, which adds an L1 loss (0 skips it)."),
+    vq_steps: int = typer.Option(1500, help="Optimiser steps of the VQ tokenizer's first phase (a plain autoencoder over the world's distinct patches)."),
+    vq_finetune_steps: int = typer.Option(1500, help="Optimiser steps of the VQ tokenizer's second phase, through the quantiser after the codebook is set from the latents (0 skips it)."),
     mdm_steps: int = typer.Option(9000, help="Optimiser steps of the masked transformer stage."),
     batch_size: int = typer.Option(64, help="Images per optimiser step of the transformer stage."),
     out: Path = typer.Option(None, help="Output folder (default: the package's assets/shapes, replacing the shipped weights)."),

@@ -45,7 +45,7 @@ def load_shapes_backend(
     ``random_weights=True`` builds the same architecture on ``device`` with
     random weights from a fixed seed, reading no file.
     """
-    from diffusers import UVit2DModel, VQModel
+    from diffusers import UVit2DModel
     from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
     if random_weights:
@@ -66,7 +66,7 @@ def load_shapes_backend(
                 "Run `cogrpo pretrain` to build it, or pass --model-path to a folder that has it."
             )
         transformer = UVit2DModel.from_pretrained(root / "transformer")
-        vq = VQModel.from_pretrained(root / "vqvae")
+        vq = comp.load_vq(root / "vqvae")
         text_encoder = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder")
         tokenizer = PreTrainedTokenizerFast.from_pretrained(root / "tokenizer")
         revision = f"sha256:{weights_hash(root)}"

@@ -1,8 +1,10 @@
 """Configurations and builders of the embedded shapes model's components.
 
-The embedded model uses the classes aMUSEd uses (diffusers ``VQModel`` and
-``UVit2DModel``, transformers ``CLIPTextModelWithProjection``), at a size that
-pretrains on two CPU cores. Its text tokenizer is a word-level
+The embedded model's transformer and text encoder are the classes aMUSEd uses
+(diffusers ``UVit2DModel``, transformers ``CLIPTextModelWithProjection``), at a
+size that pretrains on two CPU cores. Its image tokenizer is a patch-local VQ
+(``cogrpo.models.patch_vq.PatchVQModel``, ``VQModel``'s interface) matched to the
+world's 4-pixel drawing grid. Its text tokenizer is a word-level
 ``PreTrainedTokenizerFast`` over the world's vocabulary, so it needs no download.
 """
 
@@ -26,17 +28,11 @@ TEXT_MAX_LENGTH = 16
 VQ_CONFIG = dict(
     in_channels=3,
     out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(16, 32, 64),
-    layers_per_block=1,
+    patch_size=VQ_DOWNSAMPLE,
+    hidden_channels=128,
     latent_channels=LATENT_CHANNELS,
     num_vq_embeddings=CODEBOOK_SIZE,
-    vq_embed_dim=LATENT_CHANNELS,
-    norm_num_groups=8,
     sample_size=IMAGE_SIZE,
-    mid_block_add_attention=False,
-    lookup_from_codebook=True,
 )
 
 TEXT_HIDDEN = 64
@@ -109,9 +105,23 @@ def build_tokenizer():
 
 def build_vq():
     """Build an untrained VQ tokenizer."""
+    from cogrpo.models.patch_vq import PatchVQModel
+
+    return PatchVQModel(**VQ_CONFIG)
+
+
+def load_vq(folder: str | Path):
+    """Load a saved shapes tokenizer: a ``PatchVQModel``, or a diffusers ``VQModel`` from an older pretraining."""
+    import json
+
     from diffusers import VQModel
 
-    return VQModel(**VQ_CONFIG)
+    from cogrpo.models.patch_vq import PatchVQModel
+
+    config_file = Path(folder) / "config.json"
+    class_name = json.loads(config_file.read_text()).get("_class_name") if config_file.is_file() else None
+    cls = VQModel if class_name == "VQModel" else PatchVQModel
+    return cls.from_pretrained(folder)
 
 
 def build_text_encoder():

@@ -1,6 +1,7 @@
 """A backend for U-ViT masked image models (aMUSEd's architecture) and the embedded shapes model.
 
-Components: diffusers ``UVit2DModel`` (transformer), ``VQModel`` (token decoder),
+Components: diffusers ``UVit2DModel`` (transformer), a token decoder with
+``VQModel``'s interface (``VQModel`` for aMUSEd, ``PatchVQModel`` for the shapes model),
 transformers ``CLIPTextModelWithProjection`` and a tokenizer. Prompt
 conditioning follows aMUSEd's pipeline: the penultimate hidden states feed the
 cross-attention and the projected pooled embedding joins the micro-conditioning
@@ -16,7 +17,7 @@ from cogrpo.models.base import PromptEmbeddings, VQTokenBackend
 
 
 class UVitBackend(VQTokenBackend):
-    """A masked image model made of UVit2DModel + VQModel + CLIP text encoder."""
+    """A masked image model made of UVit2DModel + a VQ token decoder + CLIP text encoder."""
 
     def __init__(
         self,

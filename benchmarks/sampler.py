@@ -214,13 +214,17 @@ def make_variants(backend, prompts: list[str], steps: int, seed: int, device: to
         backend.encode_prompts(prompts)
         backend.encode_prompts([""])
 
+    # The pipeline returns latents (tokens), so it never calls its VQ. It is left out because AmusedPipeline
+    # reads the downsampling factor from a VQModel config field that the shapes model's PatchVQModel lacks;
+    # the factor is set from the backend instead.
     pipeline = AmusedPipeline(
-        vqvae=backend.vq,
+        vqvae=None,
         tokenizer=backend.tokenizer,
         text_encoder=backend.text_encoder,
         transformer=backend.transformer,
         scheduler=AmusedScheduler(mask_token_id=backend.mask_token_id),
     )
+    pipeline.vae_scale_factor = backend.image_size[0] // backend.grid[0]
     pipeline.set_progress_bar_config(disable=True)
     height, width = backend.image_size
 

@@ -469,7 +469,7 @@ class CoGRPOTrainer:
                         committed = trajectory.committed_at(step, rows).to(device)
                         kl = (k3_kl(per_token, ref_logp) * committed).sum(-1)
                         loss = loss + config.kl_weight * kl.sum() / total_terms
-                        stats["kl_ref"].append(float(kl.mean()))
+                        stats["kl_ref"].append(float(kl.detach().mean()))
                     self.accelerator.backward(loss)
                 epoch_loss += loss.detach()
                 for key, value in term_stats.items():

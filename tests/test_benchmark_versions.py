@@ -38,7 +38,7 @@ def test_packaged_prompt_files_are_recorded():
     data = resources.files("cogrpo").joinpath("data")
     packaged = sorted(f"data/{item.name}" for item in data.iterdir()
                       if item.is_file() and not item.name.startswith("__init__") and item.name != "__pycache__")
-    recorded = sorted(entry["prompt_file"] for entry in RECORD.values())
+    recorded = sorted(entry["prompt_file"] for entry in RECORD.values() if entry.get("prompt_file"))
 
     assert packaged == recorded, (
         f"prompt files in cogrpo/data must each belong to a benchmark in cogrpo/{bv.RECORD_RESOURCE}; "
@@ -97,3 +97,24 @@ def test_scoring_source_selects_one_name():
     assert selected != bv.source_dump("cogrpo.fake:rule", source.replace("a + X", "a - X"))
     with pytest.raises(ValueError, match="defines no top-level 'missing'"):
         bv.source_dump("cogrpo.fake:missing", source)
+
+
+def test_every_registered_benchmark_is_recorded():
+    from cogrpo.catalog import BENCHMARKS
+
+    assert sorted(RECORD) == sorted(BENCHMARKS.names())
+
+
+def test_downloaded_benchmark_version_read_from_source():
+    assert bv.suite_version("cogrpo.evaluation.suites:geneval_suite") == "1/<detector>"
+    assert bv.suite_version("cogrpo.evaluation.official_suites:hps_suite") == "1"
+
+
+def test_downloaded_benchmark_scoring_change_without_bump_fails():
+    recorded = RECORD["dpg"]
+    current = dict(bv.current_entry("dpg", recorded), scoring_fingerprint="0" * 64)
+
+    (problem,) = bv.version_problems("dpg", recorded, current)
+
+    assert "scoring sources" in problem
+    assert "Bump the version of benchmark 'dpg'" in problem

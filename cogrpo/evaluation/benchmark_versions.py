@@ -1,11 +1,12 @@
-"""Recorded (version, prompt SHA-256, scoring fingerprint) of the benchmarks whose prompts ship in the package.
+"""Recorded (version, prompt SHA-256, scoring fingerprint) of every registered benchmark.
 
 A benchmark's ``version`` must change whenever its prompts or its scoring change,
 because results of one version share tables. ``cogrpo/benchmark_versions.json``
-records, for each benchmark whose prompt file is part of the package, its version,
-the SHA-256 of that file and a fingerprint of the source code that scores it. A
-test compares the record with the current code, so a changed prompt file or
-scoring rule without a new version fails.
+records each benchmark's version and a fingerprint of the source code that
+scores it. For a benchmark whose prompt file is part of the package, it also
+records the SHA-256 of that file; downloaded prompt files are pinned by SHA-256
+where they are fetched. A test compares the record with the current code, so a
+changed prompt file or scoring rule without a new version fails.
 
 The fingerprint hashes each listed module's syntax tree with docstrings removed,
 so comments, docstrings and formatting do not change it. A source is a module
@@ -121,27 +122,67 @@ def prompt_file_sha256(prompt_file: str) -> str:
     return hashlib.sha256(resources.files("cogrpo").joinpath(prompt_file).read_bytes()).hexdigest()
 
 
+def _render_version(node: ast.expr, source: str) -> str:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for part in node.values:
+            if isinstance(part, ast.Constant):
+                parts.append(str(part.value))
+            else:
+                parts.append(f"<{ast.unparse(part.value)}>")
+        return "".join(parts)
+    raise ValueError(f"{source}: the version of its BenchmarkSuite is {ast.unparse(node)!r}; expected a string literal")
+
+
+def suite_version(source: str) -> str:
+    """Return the version written in the ``BenchmarkSuite(...)`` call of ``module:function``, without running it.
+
+    Suites of downloaded benchmarks fetch their prompts when built, so their
+    version is read from the source. An f-string's fields become ``<name>``:
+    ``f"1/{detector}"`` reads as ``1/<detector>``.
+    """
+    module, _, name = source.partition(":")
+    tree = ast.parse(module_path(module).read_text(encoding="utf-8"))
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
+    if not functions:
+        raise ValueError(f"version source {source!r}: {module} defines no top-level function {name!r}")
+    for node in ast.walk(functions[0]):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "BenchmarkSuite":
+            for keyword in node.keywords:
+                if keyword.arg == "version":
+                    return _render_version(keyword.value, source)
+    raise ValueError(f"version source {source!r}: no BenchmarkSuite(version=...) call in {name}")
+
+
 def current_entry(name: str, recorded: dict[str, Any]) -> dict[str, Any]:
     """Return the entry of benchmark ``name`` for the current code, with the recorded prompt file and sources.
 
-    The version comes from the suite that the benchmark registry builds.
+    A benchmark with a ``version_source`` (one whose prompts are downloaded, so
+    the package has no prompt file) takes its version from that function's
+    source. The others take it from the suite that the benchmark registry builds.
     """
-    from cogrpo.catalog import BENCHMARKS
+    entry: dict[str, Any] = {}
+    if recorded.get("version_source"):
+        entry["version"] = suite_version(recorded["version_source"])
+        entry["version_source"] = recorded["version_source"]
+    else:
+        from cogrpo.catalog import BENCHMARKS
 
-    suite = BENCHMARKS.create(name)
-    return {
-        "version": str(suite.version),
-        "prompt_file": recorded["prompt_file"],
-        "prompt_sha256": prompt_file_sha256(recorded["prompt_file"]),
-        "scoring_sources": list(recorded["scoring_sources"]),
-        "scoring_fingerprint": scoring_fingerprint(recorded["scoring_sources"]),
-    }
+        entry["version"] = str(BENCHMARKS.create(name).version)
+    if recorded.get("prompt_file"):
+        entry["prompt_file"] = recorded["prompt_file"]
+        entry["prompt_sha256"] = prompt_file_sha256(recorded["prompt_file"])
+    entry["scoring_sources"] = list(recorded["scoring_sources"])
+    entry["scoring_fingerprint"] = scoring_fingerprint(recorded["scoring_sources"])
+    return entry
 
 
 def version_problems(name: str, recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Return messages for each way the current entry of benchmark ``name`` differs from the recorded one."""
     changes = []
-    if current["prompt_sha256"] != recorded["prompt_sha256"]:
+    if recorded.get("prompt_file") and current["prompt_sha256"] != recorded["prompt_sha256"]:
         changes.append(f"the SHA-256 of its prompt file {recorded['prompt_file']} changed "
                        f"from {recorded['prompt_sha256']} to {current['prompt_sha256']}")
     if current["scoring_fingerprint"] != recorded["scoring_fingerprint"]:

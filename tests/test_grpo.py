@@ -180,13 +180,16 @@ def test_non_finite_loss_skips_update(random_shapes_dir, monkeypatch):
         trainer.train_iteration()
 
 
+class ConstantReward(Scorer):
+    """A reward that gives every image 0.5, so every group has zero variance."""
+
+    name = "constant"
+
+    def score_batch(self, images, prompts, metadata):
+        return ScoreResult(scores=np.full(len(images), 0.5, dtype=np.float32))
+
+
 def test_zero_variance_rewards_leave_parameters_unchanged(random_shapes_dir):
-    class ConstantReward(Scorer):
-        name = "constant"
-
-        def score_batch(self, images, prompts, metadata):
-            return ScoreResult(scores=np.full(len(images), 0.5, dtype=np.float32))
-
     trainer = _trainer(random_shapes_dir, mode="co", lr_model=1e-2, lr_schedule=0.5, kl_weight=0.0, weight_decay=0.0)
     trainer.reward = ConstantReward()
     model_before = {k: v.clone() for k, v in trainer.unwrapped_transformer.state_dict().items()}
@@ -207,12 +210,6 @@ def test_zero_variance_rewards_leave_parameters_unchanged(random_shapes_dir):
 
 def test_kl_applies_to_zero_variance_groups(random_shapes_dir):
     """The documented choice: with beta > 0 the KL term still pulls zero-variance groups toward the reference."""
-
-    class ConstantReward(Scorer):
-        name = "constant"
-
-        def score_batch(self, images, prompts, metadata):
-            return ScoreResult(scores=np.full(len(images), 0.5, dtype=np.float32))
 
     trainer = _trainer(random_shapes_dir, mode="model", lr_model=1e-2, kl_weight=1.0, weight_decay=0.0, train_step_fraction=1.0)
     trainer.reward = ConstantReward()

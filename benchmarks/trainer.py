@@ -154,7 +154,7 @@ def make_by_hand(trainer):
 
     def by_hand() -> None:
         trajectory = sample(
-            backend, prompts, image_generators(seeds), steps=config.steps, schedule=trainer.schedule_policy,
+            backend, prompts, image_generators(seeds, device=backend.device), steps=config.steps, schedule=trainer.schedule_policy,
             chunk_size=config.chunk_size, uncond_cache=cache,
         )
         images = []

@@ -164,3 +164,21 @@ def test_more_steps_than_tokens_rejected(backend):
     tokens = backend.grid[0] * backend.grid[1]
     with pytest.raises(ValueError, match=f"at most {tokens} steps"):
         sample(backend, ["a red circle"], image_generators([0]), steps=tokens + 1)
+
+
+def test_guidance_one_skips_unconditional_pass(backend):
+    import dataclasses
+
+    batch_sizes = []
+    hook = backend.transformer.register_forward_hook(lambda module, args, output: batch_sizes.append(output.shape[0]))
+    schedule = backend.default_schedule(3)
+    try:
+        plain = dataclasses.replace(schedule, guidance=torch.ones(3))
+        sample(backend, PROMPTS, image_generators([1, 2, 3]), steps=3, schedule=plain)
+        assert batch_sizes == [3, 3, 3]
+        batch_sizes.clear()
+        mixed = dataclasses.replace(schedule, guidance=torch.tensor([1.0, 2.0, 1.0]))
+        sample(backend, PROMPTS, image_generators([1, 2, 3]), steps=3, schedule=mixed)
+        assert batch_sizes == [3, 6, 3]
+    finally:
+        hook.remove()

@@ -5,7 +5,8 @@ One iteration:
 1. draw the global prompt batch from a generator seeded by (seed, iteration);
    this process keeps its share of whole prompt groups;
 2. roll out G images per prompt with the current model and schedule policy
-   (one CPU generator per image, seeded from (seed, iteration, image index));
+   (one generator per image on the model's device, seeded from (seed, iteration,
+   image index));
 3. decode, score, and turn rewards into group-relative advantages. Invalid
    rewards (None, NaN, infinite or raised) get advantage 0 and a line in
    ``failures.jsonl``; when more than ``max_invalid_reward_fraction`` of the
@@ -249,7 +250,7 @@ class CoGRPOTrainer:
         return sample(
             self.backend,
             [e["prompt"] for e in entries],
-            image_generators(seeds),
+            image_generators(seeds, device=self.backend.device),
             steps=self.config.steps,
             schedule=schedule,
             schedule_mode="sample",

@@ -134,7 +134,9 @@ def guided_logits(
 
     The backend's logits are cast to float32 before guidance, so the softmax,
     log-softmax and Gumbel steps run in float32 even when the transformer runs
-    under bfloat16 autocast.
+    under bfloat16 autocast. Pass ``guidance`` on the CPU: whether the
+    unconditional pass can be skipped is decided from its values, which on an
+    accelerator would wait for the device.
     """
     batch = tokens.shape[0]
     if bool((guidance == 1.0).all()):
@@ -144,7 +146,8 @@ def guided_logits(
     )
     both = backend.logits(torch.cat([tokens, tokens]), PromptEmbeddings.cat([uncond_rows, cond])).float()
     uncond_logits, cond_logits = both.chunk(2)
-    return uncond_logits + guidance.view(-1, 1, 1).to(both.dtype) * (cond_logits - uncond_logits)
+    scale = guidance.to(device=both.device, dtype=both.dtype).view(-1, 1, 1)
+    return uncond_logits + scale * (cond_logits - uncond_logits)
 
 
 def token_log_probs(logits: torch.Tensor, sample_temperature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -171,7 +174,7 @@ def committed_log_prob(
     the per-token log-probabilities (B, L) (zero elsewhere), for KL terms.
     """
     actions = trajectory.actions[rows][:, step]
-    logits = guided_logits(backend, trajectory.input_tokens(step, rows).to(backend.device), cond, uncond, actions[:, 3].to(backend.device))
+    logits = guided_logits(backend, trajectory.input_tokens(step, rows).to(backend.device), cond, uncond, actions[:, 3])
     per_token = token_log_probs(logits, actions[:, 1].to(backend.device), trajectory.tokens[rows].to(backend.device))
     committed = trajectory.committed_at(step, rows).to(backend.device)
     per_token = torch.where(committed, per_token, torch.zeros_like(per_token))
@@ -198,11 +201,13 @@ def _decode_chunk(
     mask_id = backend.mask_token_id
     tokens = torch.full((batch, length), mask_id, dtype=torch.long, device=device)
     commit_step = torch.full((batch, length), NOT_COMMITTED, dtype=torch.int16, device=device)
-    model_logp = torch.zeros(batch, steps, dtype=torch.float32)
+    # Kept on the device and copied once at the end, so a step waits for the device only where
+    # sampling needs the probabilities on the host (CPU generators).
+    model_logp = torch.zeros(batch, steps, dtype=torch.float32, device=device)
     actions_device = actions.to(device)
     for step in range(steps):
-        ratio, sample_temperature, remask_temperature, guidance = actions_device[:, step].unbind(-1)
-        logits = guided_logits(backend, tokens.view(batch, h, w), cond, uncond, guidance)
+        ratio, sample_temperature, remask_temperature, _ = actions_device[:, step].unbind(-1)
+        logits = guided_logits(backend, tokens.view(batch, h, w), cond, uncond, actions[:, step, 3])
         # Divided once for both the sampling softmax and the log-probabilities. token_log_probs divides the
         # same way, so a recomputation in the trainer gives bitwise the same values.
         scaled_logits = logits / sample_temperature.view(-1, 1, 1)
@@ -231,10 +236,10 @@ def _decode_chunk(
             remask = confidence < cut_off
         newly = unknown & ~remask
         per_token = _scaled_token_log_probs(scaled_logits, sampled)
-        model_logp[:, step] = torch.where(newly, per_token, torch.zeros_like(per_token)).sum(-1).cpu()
+        model_logp[:, step] = torch.where(newly, per_token, torch.zeros_like(per_token)).sum(-1)
         commit_step = torch.where(newly, torch.full_like(commit_step, step), commit_step)
         tokens = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
-    return tokens.cpu(), commit_step.cpu(), model_logp
+    return tokens.cpu(), commit_step.cpu(), model_logp.cpu()
 
 
 def sample(
@@ -305,6 +310,12 @@ def sample(
     )
 
 
-def image_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """Return one CPU generator per image, seeded with ``seeds``."""
-    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+def image_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """Return one generator per image on ``device``, seeded with ``seeds``.
+
+    CPU generators draw the same random numbers whatever the model's device
+    (as ``AmusedPipeline`` does with CPU generators). Generators on the
+    model's device avoid copying each step's probabilities to the host, but
+    their draws differ from the CPU's.
+    """
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]

@@ -78,7 +78,8 @@ class SchedulePolicy(nn.Module):
 
     def sample_raw(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """Draw unconstrained actions (B, T, 4), one generator per image."""
-        noise = torch.stack([torch.randn(self.steps, len(KNOBS), generator=g) for g in generators]).to(self.mean.device)
+        noise = torch.stack([torch.randn(self.steps, len(KNOBS), generator=g, device=g.device) for g in generators])
+        noise = noise.to(self.mean.device)
         raw = self.mean + self.std() * noise
         return torch.where(self.active, raw, self.mean.expand_as(raw)).detach()
 

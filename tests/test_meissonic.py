@@ -554,6 +554,24 @@ def test_load_local_folder_round_trip(tiny, tmp_path):
     assert torch.allclose(actual, expected, atol=1e-5)
 
 
+def test_text_encoder_source_weights_recorded(tiny, tmp_path):
+    from cogrpo.rl.config import TrainConfig
+    from cogrpo.rl.run import base_model_weight_sha256
+    from cogrpo.weight_digests import file_sha256
+
+    folder = save_tiny(tiny, tmp_path / "meissonic")
+    encoder = tmp_path / "clip-h"
+    tiny.text_encoder.save_pretrained(encoder)
+
+    loaded = load_meissonic(path=folder, image_size=32, text_encoder_source=encoder)
+    digests = base_model_weight_sha256(TrainConfig(model="meissonic", model_path=str(folder)), loaded)
+
+    assert loaded.extra_weight_dirs == {"text_encoder_source": encoder}
+    assert digests["text_encoder_source/model.safetensors"] == file_sha256(encoder / "model.safetensors")
+    assert "text_encoder/model.safetensors" in digests
+    assert "transformer/diffusion_pytorch_model.safetensors" in digests
+
+
 def test_load_local_folder_missing_component(tiny, tmp_path):
     folder = save_tiny(tiny, tmp_path / "meissonic")
     (folder / "vqvae" / "config.json").unlink()

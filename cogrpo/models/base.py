@@ -158,6 +158,8 @@ class VQTokenBackend:
         # The local folder (a model folder or a resolved hub snapshot) that the weights were loaded
         # from, set by loaders that know it. None for random weights and when unknown.
         self.weights_dir: Path | None = None
+        # Other local folders a component was loaded from, by label, for weight digests.
+        self.extra_weight_dirs: dict[str, Path] = {}
         self.compute_dtype = torch.float32
         height, width = image_size
         # aMUSEd's pipeline passes width before height on purpose, as a comment in it notes, and Meissonic's copies it.

@@ -601,9 +601,21 @@ def load_meissonic(
         device=device,
         revision=source,
     )
-    # NOTE: a text_encoder_source outside this folder is not part of it, so its weight files are not hashed.
     backend.weights_dir = None if random_weights else folder
+    if text_encoder_source is not None and not random_weights:
+        encoder_folder = _text_encoder_folder(text_encoder_source, cache_dir)
+        if encoder_folder is not None:
+            backend.extra_weight_dirs["text_encoder_source"] = encoder_folder
     return backend
+
+
+def _text_encoder_folder(source: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None) -> Path | None:
+    """Return the local folder of a text encoder source: the folder itself, or the cached hub snapshot of its default revision."""
+    from cogrpo.weight_digests import hub_snapshot_folder
+
+    if Path(source).is_dir():
+        return Path(source)
+    return hub_snapshot_folder(str(source), None, cache_dir)
 
 
 # ---------------------------------------------------------------------------- tiny model for tests

@@ -111,11 +111,18 @@ def base_model_weight_sha256(config: TrainConfig, backend) -> dict[str, str]:
 
     Weight files are those with a suffix of ``cogrpo.weight_digests.WEIGHT_SUFFIXES``.
     Each file is hashed once per process. Random-weight models give an empty dictionary.
+    Components loaded from another folder (the backend's ``extra_weight_dirs``,
+    such as Meissonic's ``text_encoder_source``) add keys ``<label>/<relative path>``.
     """
     from cogrpo.weight_digests import folder_weight_sha256
 
     folder = base_model_folder(config, backend)
-    return folder_weight_sha256(folder) if folder is not None else {}
+    if folder is None:
+        return {}
+    digests = folder_weight_sha256(folder)
+    for label, extra in getattr(backend, "extra_weight_dirs", {}).items():
+        digests.update({f"{label}/{relative}": digest for relative, digest in folder_weight_sha256(extra).items()})
+    return digests
 
 
 def build_reward(spec: str, device: torch.device | None = None, timeout_s: float | None = 300.0):

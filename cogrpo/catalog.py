@@ -58,12 +58,15 @@ REWARDS.register(
     description="HPS v2.1: cosine of OpenCLIP ViT-H-14 image and prompt features (x100 in the benchmark)",
     weights="xswu/HPSv2 HPS_v2.1_compressed.pt",
     spec="cogrpo.rewards.hps:HPS_WEIGHTS",
+    spec_key="v2.1",
 )
 REWARDS.register(
     "hpsv2.0",
     "cogrpo.rewards.hps:HPSv20Scorer",
     description="HPS v2.0 (not comparable with v2.1)",
     weights="xswu/HPSv2 HPS_v2_compressed.pt",
+    spec="cogrpo.rewards.hps:HPS_WEIGHTS",
+    spec_key="v2.0",
 )
 REWARDS.register(
     "imagereward",

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -32,7 +33,8 @@ EXIT_FAILED_SAMPLES = 5
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    # Messages carry file names, prompts and values, whose square brackets rich would read as markup.
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=2)
 
 
@@ -84,8 +86,14 @@ def _availability(entry) -> str:
         module, _, attr = spec.partition(":")
         try:
             spec_obj = getattr(importlib.import_module(module), attr)
+            key = entry.info.get("spec_key")
+            if key is not None:
+                spec_obj = spec_obj[key]
             specs = spec_obj if isinstance(spec_obj, (list, tuple)) else [spec_obj]
-            return "yes" if all(s.local_file() is not None for s in specs if hasattr(s, "local_file")) else "no (downloads on first use)"
+            specs = [s for s in specs if hasattr(s, "local_file")]
+            if not specs:
+                return "unknown"
+            return "yes" if all(s.local_file() is not None for s in specs) else "no (downloads on first use)"
         except Exception:  # noqa: BLE001 - availability is informational only
             return "unknown"
     weights = str(entry.info.get("weights", ""))
@@ -99,15 +107,15 @@ def pretrain(
     stage: str = typer.Option("all", help="Which stage to run: vq, mdm or all."),
     vq_steps: int = typer.Option(1500, help="Optimiser steps of the VQ tokenizer's first phase (a plain autoencoder over the world's distinct patches)."),
     vq_finetune_steps: int = typer.Option(1500, help="Optimiser steps of the VQ tokenizer's second phase, through the quantiser after the codebook is set from the latents (0 skips it)."),
-    mdm_steps: int = typer.Option(9000, help="Optimiser steps of the masked transformer stage."),
+    mdm_steps: int = typer.Option(8000, help="Optimiser steps of the masked transformer stage."),
     batch_size: int = typer.Option(64, help="Images per optimiser step of the transformer stage."),
-    out: Path = typer.Option(None, help="Output folder (default: the package's assets/shapes, replacing the shipped weights)."),
+    out: Path = typer.Option(..., help="Output folder (created if missing). --stage mdm reads the tokenizer from "
+                             "OUT/vqvae. To replace the embedded model of a source checkout, pass cogrpo/assets/shapes."),
     seed: int = typer.Option(0, help="Seed of the scene generator and the initialisation."),
     verbose: bool = typer.Option(True, help="Log progress."),
 ) -> None:
     """Pretrain the embedded shapes model: the VQ tokenizer, then the masked transformer."""
     _setup_logging(verbose)
-    from cogrpo.models.shapes_components import ASSET_DIR
     from cogrpo.pretrain import MDMTrainConfig, VQTrainConfig, train_mdm, train_vq
 
     if stage not in {"vq", "mdm", "all"}:
@@ -116,12 +124,15 @@ def pretrain(
         _fail(f"invalid --vq-finetune-steps {vq_finetune_steps}; expected 0 or more")
     if vq_steps < 1 or mdm_steps < 1 or batch_size < 1:
         _fail("--vq-steps, --mdm-steps and --batch-size must be at least 1")
-    target = out or ASSET_DIR
+    if stage == "mdm" and not (out / "vqvae" / "config.json").is_file():
+        _fail(f"--stage mdm needs a trained tokenizer in {out / 'vqvae'}, which is missing; run --stage vq (or all) "
+              "with this --out first, or copy a vqvae/ folder there")
+    target = _safe_out(out)
     if stage in {"vq", "all"}:
         train_vq(VQTrainConfig(steps=vq_steps, finetune_steps=vq_finetune_steps, seed=seed), target / "vqvae")
     if stage in {"mdm", "all"}:
         train_mdm(MDMTrainConfig(steps=mdm_steps, batch_size=batch_size, seed=seed, save_every=max(1, min(500, mdm_steps))), target)
-    console.print(f"pretrained weights written to {target}")
+    console.print(f"pretrained weights written to {escape(str(target))}")
 
 
 def _load_model_or_raise(model: str, model_path: Optional[str], checkpoint: Optional[Path], schedule: str, steps: int, device,
@@ -198,7 +209,7 @@ def _warn_prompts(backend, prompts: list[str]) -> None:
         length = len(tokenizer(text, truncation=False)["input_ids"])
         if length > limit:
             console.print(f"[yellow]warning:[/yellow] prompt {index} has {length} tokens; the text encoder reads the "
-                          f"first {limit}, so the rest is ignored: {text!r}")
+                          f"first {limit}, so the rest is ignored: {escape(repr(text))}")
 
 
 def _remove_earlier_sample(out: Path) -> None:
@@ -213,7 +224,7 @@ def _remove_earlier_sample(out: Path) -> None:
         record = json.loads(record_file.read_text())
         names = [f"{i:03d}-{k:03d}.png" for i in range(len(record["prompts"])) for k in range(int(record["n"]))]
     except (ValueError, KeyError, TypeError):
-        console.print(f"[yellow]warning:[/yellow] {record_file} is not a readable `cogrpo sample` record; earlier "
+        console.print(f"[yellow]warning:[/yellow] {escape(str(record_file))} is not a readable `cogrpo sample` record; earlier "
                       "images in that folder are left as they are")
         return
     for name in [*names, "grid.png"]:
@@ -221,10 +232,17 @@ def _remove_earlier_sample(out: Path) -> None:
 
 
 def _safe_out(out: Path) -> Path:
+    """Create the output folder ``out`` and return it resolved, failing clearly when a file is in the way."""
     out = out.resolve()
-    if out.exists() and not out.is_dir():
-        _fail(f"invalid --out {out}: it is a file; pass a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                _fail(f"invalid --out {out}: {folder} is a file; pass a folder path")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _fail(f"cannot create --out {out}: {error.strerror}; pass a writable folder")
     return out
 
 
@@ -277,7 +295,7 @@ def sample(
     Image.fromarray(np.concatenate(rows, axis=0)).save(out / "grid.png")
     record = {"prompts": prompt, "n": n, "steps": steps, "seed": seed, "schedule": schedule, "model": info}
     (out / "prompts.json").write_text(json.dumps(record, indent=2) + "\n")
-    console.print(f"wrote {len(images)} images and grid.png to {out}")
+    console.print(f"wrote {len(images)} images and grid.png to {escape(str(out))}")
 
 
 @app.command()
@@ -356,10 +374,10 @@ def train(
             ResumeMismatchError) as error:
         _fail(str(error))
     except TrainingAborted as error:
-        console.print(f"[red]training stopped:[/red] {error}")
+        console.print(f"[red]training stopped:[/red] {escape(str(error))}")
         raise typer.Exit(code=3) from None
     except RankOutOfMemory as error:
-        console.print(f"[red]training stopped:[/red] {error}")
+        console.print(f"[red]training stopped:[/red] {escape(str(error))}")
         raise typer.Exit(code=4) from None
     from accelerate import PartialState
 
@@ -458,13 +476,18 @@ def evaluate(
     if deterministic:
         _enable_deterministic()
     from cogrpo.catalog import BENCHMARKS
-    from cogrpo.evaluation.runner import EvalRequest, run_benchmark
+    from cogrpo.evaluation.runner import EvalRequest, EvalSettingsMismatch, run_benchmark
     from cogrpo.rl.run import make_accelerator, resolve_device
 
     if schedule not in {"default", "learned"}:
         _fail(f"invalid --schedule {schedule!r}; allowed: default, learned")
     if steps < 1 or batch_size < 1:
         _fail("--steps and --batch-size must be at least 1")
+    if limit is not None and limit < 1:
+        _fail(f"invalid --limit {limit}; pass at least 1 prompt, or leave it out to evaluate every prompt")
+    if images_per_prompt is not None and images_per_prompt < 1:
+        _fail(f"invalid --images-per-prompt {images_per_prompt}; pass at least 1, or leave it out for the "
+              "benchmark's own count")
     if score_timeout < 0 or score_retries < 0:
         _fail(f"invalid --score-timeout {score_timeout} or --score-retries {score_retries}; both must be >= 0")
     suite_options = _geneval_options(bench, detector, detector_weights, clip_weights)
@@ -479,6 +502,8 @@ def evaluate(
             suite.image_path(out.resolve() / "images", 0, images_per_prompt - 1)
         except ValueError as error:
             _fail(str(error))
+    if not score_only:
+        _safe_out(out)
     images_dir = out.resolve() / "images"
     if score_only and not (images_dir.is_dir() and any(images_dir.iterdir())):
         _fail(f"--score-only found no images in {images_dir}; put the images there in the benchmark's layout "
@@ -494,7 +519,10 @@ def evaluate(
     request = EvalRequest(steps=steps, seed=seed, images_per_prompt=images_per_prompt, limit=limit,
                           batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info,
                           score_timeout_s=score_timeout, score_retries=score_retries, allow_partial=allow_partial)
-    result = run_benchmark(suite, request, out.resolve(), backend, policy if schedule == "learned" else None, accelerator)
+    try:
+        result = run_benchmark(suite, request, out.resolve(), backend, policy if schedule == "learned" else None, accelerator)
+    except EvalSettingsMismatch as error:
+        _fail(str(error))
     if result is not None:
         table = Table(title=f"{result['benchmark']['name']} v{result['benchmark']['version']}"
                             + (" (partial)" if result["partial"] else ""))
@@ -506,9 +534,9 @@ def evaluate(
         table.add_row("n_failed", str(result["n_failed"]))
         console.print(table)
         if result.get("extra_files"):
-            console.print(f"[yellow]{len(result['extra_files'])} files in {out / 'images'} are not images of this "
+            console.print(f"[yellow]{len(result['extra_files'])} files in {escape(str(out / 'images'))} are not images of this "
                           f"benchmark and were not scored; they are listed under extra_files in result.json[/yellow]")
-        console.print(f"result written to {out / 'result.json'}")
+        console.print(f"result written to {escape(str(out / 'result.json'))}")
         if result["n_failed"]:
             if not allow_partial:
                 console.print(f"[red]error:[/red] {result['n_failed']} of {result['n_samples']} samples failed (see "
@@ -555,6 +583,37 @@ def _geneval_options(bench: str, detector: Optional[str], detector_weights: Opti
     return given
 
 
+def _read_score_metadata(path: Optional[Path], scorer, reward: str) -> Optional[dict]:
+    """Read and check the GenEval metadata of `cogrpo score`: one JSON object, or a JSONL file with one line."""
+    from cogrpo.benchmarks.geneval import load_metadata, validate_metadata
+    from cogrpo.rewards.requirements import metadata_needs, read_utf8
+
+    needs = metadata_needs(scorer)
+    if path is None:
+        if needs.needs_metadata:
+            _fail(f"reward {reward!r} judges GenEval metadata; pass --metadata FILE with the prompt's metadata "
+                  "(one JSON object with tag, include, exclude and prompt)")
+        return None
+    if not path.is_file():
+        _fail(f"metadata file {path} not found; pass a .json file with one GenEval metadata object")
+    try:
+        if path.suffix == ".jsonl":
+            entries = load_metadata(path, allowed_classes=needs.classes)
+            if len(entries) != 1:
+                _fail(f"{path} has {len(entries)} metadata lines; `cogrpo score` scores images of one prompt, so "
+                      "pass a file with that prompt's line only")
+            return entries[0]
+        text = read_utf8(path)
+        try:
+            entry = json.loads(text)
+        except json.JSONDecodeError as error:
+            _fail(f"{path}:{error.lineno}: malformed JSON ({error.msg} at column {error.colno}); expected one "
+                  "GenEval metadata object")
+        return validate_metadata(entry, source=str(path), line_number=1, allowed_classes=needs.classes)
+    except ValueError as error:
+        _fail(str(error))
+
+
 @app.command()
 def score(
     reward: str = typer.Option(..., help="Reward name or weighted mix."),
@@ -573,14 +632,14 @@ def score(
         scorer = build_reward(reward)
     except (KeyError, ValueError, FileNotFoundError, RemoteScorerError) as error:
         _fail(str(error))
-    meta = json.loads(metadata.read_text()) if metadata else None
+    meta = _read_score_metadata(metadata, scorer, reward)
     result = scorer.score_detailed([str(p) for p in images], [prompt] * len(images), [meta] * len(images) if meta else None)
     table = Table(title=f"{scorer.name} scores")
     table.add_column("image")
     table.add_column("score", justify="right")
     table.add_column("error")
     for path, value, error in zip(images, result.scores, result.errors):
-        table.add_row(str(path), "nan" if value != value else f"{value:.6f}", error or "")
+        table.add_row(escape(str(path)), "nan" if value != value else f"{value:.6f}", escape(error or ""))
     console.print(table)
     import numpy as np
 
@@ -614,7 +673,7 @@ def reproduce(
     if 12 not in plan.sweep_steps:
         plan.train_steps = max(plan.sweep_steps)
     written = run(plan, out, work, tables_root)
-    console.print("wrote " + ", ".join(str(p) for p in written))
+    console.print("wrote " + escape(", ".join(str(p) for p in written)))
 
 
 @app.command()
@@ -641,7 +700,7 @@ def tables(
         written = build_tables(results, force=force)
     except (MixedPromptFilesError, ValueError) as error:
         _fail(str(error))
-    console.print("wrote " + ", ".join(str(p) for p in written))
+    console.print("wrote " + escape(", ".join(str(p) for p in written)))
 
 
 if __name__ == "__main__":

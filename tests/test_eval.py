@@ -100,9 +100,14 @@ def test_failed_scores_are_retried_on_rerun(tmp_path, backend):
     from cogrpo.rewards.base import ScoreResult
     from cogrpo.rewards.shapes import StrictShapesReward
 
+    # The same scorer class in both runs (a rerun with another scorer is rejected), failing only in the first.
+    failing_now = {"value": True}
+
     class FailingOnce(StrictShapesReward):
         def score_batch(self, images, prompts, metadata):
             result = super().score_batch(images, prompts, metadata)
+            if not failing_now["value"]:
+                return result
             scores = result.scores.copy()
             scores[0] = np.nan
             errors = list(result.errors)
@@ -113,8 +118,9 @@ def test_failed_scores_are_retried_on_rerun(tmp_path, backend):
     failing = dataclasses.replace(suite, make_scorer=FailingOnce)
     first = run_benchmark(failing, _request(batch_size=8, score_timeout_s=None, score_retries=0), tmp_path, backend)
     assert first["n_failed"] == 1
+    failing_now["value"] = False
     counters = EvalCounters()
-    second = run_benchmark(suite, _request(), tmp_path, backend, counters=counters)
+    second = run_benchmark(failing, _request(), tmp_path, backend, counters=counters)
     assert counters.scored == 1
     assert counters.reused_scores == 5
     assert second["n_failed"] == 0
@@ -324,6 +330,8 @@ def test_score_only_without_images_fails_early(tmp_path):
 def test_score_exits_nonzero_when_all_images_fail(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    result = _cli("score", "--reward", "shapes", "--prompt", "a red circle", str(bad))
+    metadata = tmp_path / "meta.json"
+    metadata.write_text('{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a red circle"}')
+    result = _cli("score", "--reward", "shapes", "--prompt", "a red circle", "--metadata", str(metadata), str(bad))
     assert result.exit_code == 1
     assert "every image failed" in " ".join(result.output.split())

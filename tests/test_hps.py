@@ -370,7 +370,7 @@ def test_missing_hub_weights_fail_fast_offline(monkeypatch, tmp_path, scorer_cla
     assert hps.HPS_REVISION in message
     assert str(tmp_path / "empty-hub-cache" / "models--xswu--HPSv2") in message
     assert "HF_HUB_OFFLINE" in message
-    assert "--weights PATH" in message
+    assert "HF_HOME" in message
     assert "checkpoint=PATH" in message
 
 
@@ -383,7 +383,7 @@ def test_missing_local_checkpoint_names_path(monkeypatch, tmp_path):
 
     assert str(missing) in str(error.value)
     assert "xswu/HPSv2" in str(error.value)
-    assert "--weights PATH" in str(error.value)
+    assert "Pass the path of that file" in str(error.value)
 
 
 def test_invalid_arguments_rejected(tiny_checkpoint):

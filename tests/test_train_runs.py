@@ -275,7 +275,7 @@ def test_sample_out_that_is_a_file_fails(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cogrpo", "sample", "--prompt", "a red circle", "--steps", "2", "--out", str(target)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 2
-    assert "it is a file" in " ".join((out.stdout + out.stderr).split())
+    assert f"{target} is a file" in " ".join((out.stdout + out.stderr).split())
     assert target.read_text() == "keep me"
 
 

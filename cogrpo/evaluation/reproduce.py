@@ -47,7 +47,11 @@ def _evaluate(backend, schedule, stem: str, schedule_name: str, steps: int, plan
               work: Path, results: Path, model_info: dict) -> None:
     request = EvalRequest(steps=steps, seed=plan.eval_seed, images_per_prompt=plan.images_per_prompt,
                           schedule_name=schedule_name, model_info=model_info)
-    result = run_benchmark(shapes_suite(), request, work / f"{stem}-T{steps}-{schedule_name}", backend, schedule)
+    out_dir = work / f"{stem}-T{steps}-{schedule_name}"
+    # The arms are retrained on every call, so an earlier call's images may come from another model.
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    result = run_benchmark(shapes_suite(), request, out_dir, backend, schedule)
     result["samples"] = []  # per-sample records stay in the work folder; tables need the aggregates only
     atomic_write_json(results / f"{stem}-T{steps}-{schedule_name}.json", result)
 

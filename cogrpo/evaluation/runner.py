@@ -91,6 +91,79 @@ class EvalRequest:
     allow_partial: bool = False
 
 
+SETTINGS_FILE = "eval_settings.json"
+
+
+class EvalSettingsMismatch(ValueError):
+    """An output folder contains images or scores made with other settings than the requested run."""
+
+
+def _generation_settings(suite: BenchmarkSuite, request: EvalRequest) -> dict[str, Any]:
+    """Return what the images depend on: benchmark, prompts, model, schedule, steps, seed and dtype."""
+    return {
+        "benchmark": suite.name,
+        "version": suite.version,
+        "prompt_sha256": suite.prompt_sha256,
+        "model": request.model_info,
+        "schedule": request.schedule_name,
+        "steps": request.steps,
+        "seed": request.seed,
+        "dtype": request.dtype,
+    }
+
+
+def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new)):
+            found += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return found
+    return [] if old == new else [f"{prefix}: {old!r} there, {new!r} now"]
+
+
+def check_settings(out_dir: Path, suite: BenchmarkSuite, request: EvalRequest, write: bool) -> None:
+    """Check that ``out_dir`` contains no images or scores made with other settings, then record these (``write``).
+
+    ``OUT/eval_settings.json`` keeps the generation settings (None for images made
+    elsewhere and scored with ``--score-only``) and the scorer's description. A
+    rerun that generates must match the recorded generation settings, because it
+    reuses the images. A rerun must match the recorded scorer while score files
+    exist, because it reuses the scores. Raises ``EvalSettingsMismatch`` naming
+    each differing field.
+    """
+    path = out_dir / SETTINGS_FILE
+    scoring = json.loads(json.dumps(scorer_description(suite)))
+    generation = None if request.score_only else json.loads(json.dumps(_generation_settings(suite, request)))
+    record = {"generation": generation, "scoring": scoring}
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise EvalSettingsMismatch(
+                f"{path} is not valid JSON ({error}); it records how the images in {out_dir} were made. "
+                f"Restore it, or evaluate into a new --out folder") from error
+        differences = []
+        if any(out_dir.glob("scores-rank*.jsonl")):
+            differences += _differences(recorded.get("scoring"), scoring, "scorer")
+        if generation is not None:
+            if recorded.get("generation") is None:
+                differences.append("images: made elsewhere (a --score-only run) there, generated now")
+            else:
+                differences += _differences(recorded["generation"], generation, "")
+        if differences:
+            raise EvalSettingsMismatch(
+                f"{out_dir} contains an evaluation made with other settings, and a rerun would reuse its images and "
+                f"scores: {'; '.join(differences)}. Evaluate into a new --out folder, or rerun with the recorded "
+                f"settings to resume (recorded in {path})")
+        # A --score-only rerun keeps the record of how the images were generated.
+        record["generation"] = recorded.get("generation") if generation is None else generation
+        if record == recorded:
+            return
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+
+
 def image_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -165,7 +238,7 @@ def run_benchmark(
     counters = counters if counters is not None else EvalCounters()
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    images_per_prompt = request.images_per_prompt or suite.images_per_prompt
+    images_per_prompt = request.images_per_prompt if request.images_per_prompt is not None else suite.images_per_prompt
     if images_per_prompt < 1:
         raise ValueError(f"invalid images_per_prompt={images_per_prompt}; expected at least 1")
     count = len(suite.entries) if request.limit is None else min(request.limit, len(suite.entries))
@@ -181,6 +254,8 @@ def run_benchmark(
         if request.dtype is None:
             compute_dtype = getattr(backend, "compute_dtype", torch.float32)
             request = dataclasses.replace(request, dtype=dtype_name(compute_dtype))
+    check_settings(out_dir, suite, request, write=rank == 0)
+    if not request.score_only:
         _generate(suite, request, image_root, backend, schedule, jobs, counters)
     scores_path = out_dir / f"scores-rank{rank:03d}-of-{world:03d}.jsonl"
     weights_path = out_dir / f"scorer-weights-rank{rank:03d}-of-{world:03d}.json"

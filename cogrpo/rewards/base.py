@@ -38,8 +38,16 @@ class WeightsSpec:
     repo_id: str
     filename: str
     revision: str | None
-    option: str = "--weights"
+    # The command-line option or argument that takes a local copy, named in error messages.
+    # None when only the Hugging Face cache can supply the file.
+    option: str | None = None
     sha256: str | None = None
+
+    def _local_copy_hint(self) -> str:
+        if self.option is not None:
+            return f"pass a local copy with {self.option} PATH"
+        return ("copy a Hugging Face cache that holds it to this machine and point HF_HOME (or HF_HUB_CACHE) "
+                "at it")
 
     def local_file(self) -> Path | None:
         """Return the cached file if it is already on this machine, else None."""
@@ -63,7 +71,7 @@ class WeightsSpec:
             if not path.is_file():
                 raise MissingWeightsError(
                     f"weights not found at {path}; expected {self.filename} from hub repo {self.repo_id} "
-                    f"(revision {self.revision}). Pass the file with {self.option} PATH."
+                    f"(revision {self.revision}). Pass the path of that file{' with ' + self.option if self.option else ''}."
                 )
             return path
         cached = self.local_file()
@@ -75,7 +83,7 @@ class WeightsSpec:
                 f"{self.filename} from hub repo {self.repo_id} (revision {self.revision}) is not in the local "
                 f"Hugging Face cache and HF_HUB_OFFLINE is set. Download it on a machine with access "
                 f"(hf download {self.repo_id} {self.filename} --revision {self.revision}) "
-                f"or pass a local copy with {self.option} PATH."
+                f"or {self._local_copy_hint()}."
             )
         from huggingface_hub import hf_hub_download
 
@@ -84,7 +92,7 @@ class WeightsSpec:
         except Exception as error:  # the hub client raises many transport error types
             raise MissingWeightsError(
                 f"could not download {self.filename} from hub repo {self.repo_id} (revision {self.revision}): "
-                f"{error}. Pass a local copy with {self.option} PATH."
+                f"{error}. Download it elsewhere and {self._local_copy_hint()}."
             ) from error
 
 
@@ -113,6 +121,12 @@ class Scorer:
     # Local weight files or folders that this instance loaded, set by subclasses once the
     # weights are resolved. Result JSON records the SHA-256 of the weight files among them.
     weight_paths: tuple[Path, ...] = ()
+    # True for scorers that judge GenEval metadata (tag, include and exclude clauses), which
+    # prompt lists without metadata cannot give.
+    needs_metadata: bool = False
+    # The object classes this scorer can detect, or None when unknown. Metadata naming any other
+    # class is rejected before training or scoring, because such objects would never be found.
+    metadata_classes: tuple[str, ...] | None = None
 
     @classmethod
     def declared_weights(cls, *args: Any, **options: Any) -> tuple[WeightsSpec, ...]:

@@ -26,6 +26,14 @@ NON_TRAINING_FIELDS = frozenset(
 HASHED_WHEN_CHANGED: dict[str, Any] = {"max_invalid_reward_fraction": 0.05}
 
 
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class TrainConfig:
     """Settings of a Co-GRPO run. Defaults are the embedded preset (shapes model and reward)."""
@@ -97,8 +105,37 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.schedule_knobs = tuple(self.schedule_knobs)
         self.validate()
+
+    def _check_types(self) -> None:
+        """Raise ``ValueError`` for a field whose value has the wrong type, such as ``iterations: 1.7`` in YAML.
+
+        Integers are accepted for float fields and kept as they are, so the training hash of
+        earlier runs does not change.
+        """
+        expected = {
+            "int": ((int,), "an integer"),
+            "float": ((int, float), "a number"),
+            "float | None": ((int, float, type(None)), "a number or null"),
+            "bool": ((bool,), "true or false (unquoted)"),
+            "str": ((str,), "a string"),
+            "str | None": ((str, type(None)), "a string or null"),
+            "Mode": ((str,), "a string"),
+            "tuple[str, ...]": ((list, tuple), "a list of strings"),
+            "dict[str, Any]": ((dict,), "a mapping"),
+        }
+        for spec in dataclasses.fields(self):
+            types, description = expected[str(spec.type)]
+            value = getattr(self, spec.name)
+            # bool is a subclass of int, but `iterations: true` is a mistake, not 1.
+            wrong_bool = isinstance(value, bool) and bool not in types
+            if wrong_bool or not isinstance(value, types):
+                hint = ""
+                if isinstance(value, str) and float in types and _parses_as_float(value):
+                    hint = f" (YAML reads {value} as a string; write it with a decimal point, e.g. 1.0e-3)"
+                raise ValueError(f"invalid {spec.name}={value!r} ({type(value).__name__}); expected {description}{hint}")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field, its value and the allowed range."""
@@ -171,7 +208,10 @@ class TrainConfig:
                 presets = sorted(p.stem for p in packaged.parent.glob("*.yaml"))
                 raise ValueError(f"config {str(path)!r} not found; pass a YAML file or one of the presets: {', '.join(presets)}")
             path = packaged
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: invalid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of option names to values")
         data.pop("sources", None)
@@ -189,4 +229,7 @@ class TrainConfig:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"{source}: unknown option {key!r}.{hint} Allowed: {', '.join(names)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None

@@ -49,6 +49,7 @@ from cogrpo.rewards.base import Scorer
 from cogrpo.rewards.guard import GuardedScorer
 from cogrpo.rl.config import TrainConfig
 from cogrpo.rl.objective import clipped_objective, group_advantages, k3_kl
+from cogrpo.rewards.requirements import MetadataNeeds, check_prompts, metadata_needs, read_utf8
 from cogrpo.sampling.sampler import Trajectory, UnconditionalCache, committed_log_prob, image_generators, sample
 from cogrpo.sampling.schedule import SchedulePolicy
 
@@ -92,31 +93,41 @@ class IterationResult:
 
 
 class PromptSource:
-    """Training prompts: a callable returning ``n`` metadata dicts for a numpy generator."""
+    """Training prompts: a callable returning ``n`` metadata dicts for a numpy generator.
 
-    def __init__(self, name: str):
+    ``needs`` (see ``cogrpo.rewards.requirements``) rejects, before training, a
+    prompt file without GenEval metadata for a reward that judges metadata, and
+    metadata naming a class that the reward cannot detect.
+    """
+
+    def __init__(self, name: str, needs: MetadataNeeds | None = None, reward: str = "the reward"):
+        needs = needs or MetadataNeeds()
         if name != "shapes":
             path = Path(name)
-            if not path.is_file():
+            if path.suffix not in {".txt", ".jsonl"}:
                 raise ValueError(f"unknown prompt source {name!r}; use 'shapes' or a path to a .txt or .jsonl file")
-            self._pool = _read_prompt_file(path)
+            if not path.is_file():
+                raise ValueError(f"prompt file {name} not found; pass an existing .txt or .jsonl file, or 'shapes'")
+            self._pool = _read_prompt_file(path, needs.classes)
         else:
             from cogrpo.world.prompts import TrainingPrompts
 
             self._pool = TrainingPrompts().pool
         if not self._pool:
             raise ValueError(f"prompt source {name!r} has no prompts")
+        check_prompts(self._pool, needs, reward, name)
 
     def sample(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
         return [self._pool[i] for i in rng.integers(len(self._pool), size=n)]
 
 
-def _read_prompt_file(path: Path) -> list[dict[str, Any]]:
+def _read_prompt_file(path: Path, classes: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    text = read_utf8(path)
     if path.suffix == ".jsonl":
         from cogrpo.benchmarks.geneval import load_metadata
 
-        return load_metadata(path)
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return load_metadata(path, allowed_classes=classes)
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     return [{"prompt": p} for p in prompts]
 
 
@@ -138,7 +149,7 @@ class CoGRPOTrainer:
         self.config = config
         self.backend = backend
         self.reward = GuardedScorer.wrap(reward, timeout_s=config.reward_timeout_s, retries=config.reward_retries)
-        self.prompts = prompts or PromptSource(config.prompts)
+        self.prompts = prompts or PromptSource(config.prompts, metadata_needs(reward), config.reward)
         self.accelerator = accelerator or Accelerator(cpu=backend.device.type == "cpu")
         world = self.accelerator.num_processes
         self.faults = FaultPlan.from_env()

@@ -324,7 +324,7 @@ def train(
     final_eval: Optional[bool] = typer.Option(None, "--final-eval/--no-final-eval", help="Evaluate on held-out prompts before and after training."),
     out: Optional[str] = typer.Option(None, help="Run folder for checkpoints, logs and summary.json (default: runs/shapes-co)."),
     resume: Optional[Path] = typer.Option(None, help="Resume the run in this folder from its newest valid checkpoint."),
-    allow_inexact_resume: bool = typer.Option(False, help="Resume even if the config, world size or base model differ (recorded)."),
+    allow_inexact_resume: bool = typer.Option(False, "--allow-inexact-resume", help="Resume even if the config, world size or base model differ (recorded)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, or auto (default: auto)."),
     reward_timeout: Optional[float] = typer.Option(None, help="Seconds one reward batch call may take before its images count as failed (0 = no limit; default 600)."),
     reward_retries: Optional[int] = typer.Option(None, help="Retries, with doubling backoff, of a reward call that raised (default 2)."),
@@ -337,7 +337,7 @@ def train(
     random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="Build the model at full size with random weights, without downloads (smoke tests only)."),
     dtype: Optional[str] = typer.Option(None, help="Compute dtype of the transformer: bf16 (autocast), fp32, or auto (default: bf16 on CUDA, fp32 otherwise)."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing", help="Recompute transformer block activations in the backward pass to save memory."),
-    verbose: bool = typer.Option(False, help="Log every iteration."),
+    verbose: bool = typer.Option(False, "--verbose", help="Log every iteration."),
 ) -> None:
     """Train with Co-GRPO (or a baseline mode). With no options: the embedded shapes preset."""
     _setup_logging(verbose)

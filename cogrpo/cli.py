@@ -212,22 +212,29 @@ def _warn_prompts(backend, prompts: list[str]) -> None:
                           f"first {limit}, so the rest is ignored: {escape(repr(text))}")
 
 
-def _remove_earlier_sample(out: Path) -> None:
-    """Delete the PNGs and grid that an earlier `cogrpo sample` wrote to ``out`` (as listed in its prompts.json).
+def _sample_names(prompts: int, n: int) -> list[str]:
+    return [f"{i:03d}-{k:03d}.png" for i in range(prompts) for k in range(n)] + ["grid.png", "prompts.json"]
 
-    Files that no earlier sample wrote stay, and so does everything when prompts.json is unreadable.
+
+def _replace_earlier_sample(out: Path, prompts: int, n: int) -> None:
+    """Delete the files that an earlier `cogrpo sample` wrote to ``out`` (as listed in its prompts.json).
+
+    Fails, deleting nothing, when a file this sample would write exists and no
+    earlier sample wrote it, so a user's own files are never overwritten.
     """
+    earlier: set[str] = set()
     record_file = out / "prompts.json"
-    if not record_file.is_file():
-        return
-    try:
-        record = json.loads(record_file.read_text())
-        names = [f"{i:03d}-{k:03d}.png" for i in range(len(record["prompts"])) for k in range(int(record["n"]))]
-    except (ValueError, KeyError, TypeError):
-        console.print(f"[yellow]warning:[/yellow] {escape(str(record_file))} is not a readable `cogrpo sample` record; earlier "
-                      "images in that folder are left as they are")
-        return
-    for name in [*names, "grid.png"]:
+    if record_file.is_file():
+        try:
+            record = json.loads(record_file.read_text())
+            earlier = set(_sample_names(len(record["prompts"]), int(record["n"])))
+        except (ValueError, KeyError, TypeError):
+            earlier = set()
+    clashes = [name for name in _sample_names(prompts, n) if (out / name).exists() and name not in earlier]
+    if clashes:
+        _fail(f"--out {out} already contains {', '.join(clashes[:3])}{' and more' if len(clashes) > 3 else ''}, "
+              "which no earlier `cogrpo sample` wrote; pass another --out, or move those files")
+    for name in sorted(earlier):
         (out / name).unlink(missing_ok=True)
 
 
@@ -253,7 +260,8 @@ def sample(
     steps: int = typer.Option(12, help="Decoding steps T."),
     seed: int = typer.Option(0, help="Seed; image k of prompt i uses a generator seeded from (seed, i, k)."),
     out: Path = typer.Option(Path("outputs/samples"), help="Folder for the PNGs and grid.png (created if missing). "
-                             "The images of an earlier sample into this folder are replaced."),
+                             "The images of an earlier sample into this folder are replaced; other files of the same names "
+                             "stop the command."),
     model: str = typer.Option("shapes", help="Registered model backend."),
     model_path: Optional[Path] = typer.Option(None, help="Local weights folder for the backend."),
     checkpoint: Optional[Path] = typer.Option(None, help="Run folder (or checkpoint folder) of `cogrpo train` to sample from."),
@@ -283,7 +291,7 @@ def sample(
     _check_steps(backend, steps)
     _warn_prompts(backend, prompt)
     out = _safe_out(out)
-    _remove_earlier_sample(out)
+    _replace_earlier_sample(out, len(prompt), n)
     jobs = [(i, k) for i in range(len(prompt)) for k in range(n)]
     seeds = [derive_seed(seed, i, k) for i, k in jobs]
     trajectory = run_sampler(backend, [prompt[i] for i, _ in jobs], image_generators(seeds), steps=steps,

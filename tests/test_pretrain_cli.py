@@ -95,6 +95,20 @@ def test_cli_sample_replaces_earlier_sample(tmp_path, random_shapes_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["000-000.png", "grid.png", "notes.txt", "prompts.json"]
 
 
+def test_cli_sample_keeps_user_files(tmp_path, random_shapes_dir):
+    (tmp_path / "grid.png").write_bytes(b"my own grid")
+    (tmp_path / "000-000.png").write_bytes(b"my own image")
+
+    out = _cogrpo("sample", "--prompt", "a photo of a red circle", "--n", "1", "--steps", "2", "--out", str(tmp_path),
+                  "--device", "cpu", "--model-path", str(random_shapes_dir))
+
+    assert out.returncode == 2
+    assert "which no earlier `cogrpo sample` wrote" in " ".join(out.stdout.split())
+    assert (tmp_path / "grid.png").read_bytes() == b"my own grid"
+    assert (tmp_path / "000-000.png").read_bytes() == b"my own image"
+    assert not (tmp_path / "prompts.json").exists()
+
+
 def test_cli_sample_warns_about_truncated_prompt(tmp_path, random_shapes_dir):
     long_prompt = " ".join(["a photo of a red circle"] * 5)
     out = _cogrpo("sample", "--prompt", long_prompt, "--n", "1", "--steps", "2", "--out", str(tmp_path), "--device", "cpu",

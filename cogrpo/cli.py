@@ -153,6 +153,9 @@ def _load_model_or_raise(model: str, model_path: Optional[str], checkpoint: Opti
         if random_weights:
             _fail("--random-weights does not apply to --checkpoint: the run's configuration decides its base model")
         backend, policy, info = load_trained(checkpoint, device, dtype=dtype)
+        if schedule == "learned" and info.get("mode") == "model":
+            _fail(f"--schedule learned: the run at {checkpoint} trained the model only (--mode model), so its schedule "
+                  "is the untrained default; pass --schedule default")
         if schedule == "learned" and policy.steps != steps:
             _fail(f"the learned schedule has {policy.steps} steps; pass --steps {policy.steps}")
         return backend, policy, info
@@ -166,11 +169,12 @@ def _load_model_or_raise(model: str, model_path: Optional[str], checkpoint: Opti
 def _load_model(model: str, model_path: Optional[str], checkpoint: Optional[Path], schedule: str, steps: int, device,
                 random_weights: bool = False, dtype: str = "auto"):
     """Load the model like ``_load_model_or_raise``, turning a missing or unknown model into a CLI error."""
+    from cogrpo.checkpoint_io import CorruptCheckpointError
     from cogrpo.rl.run import ResumeMismatchError
 
     try:
         return _load_model_or_raise(model, model_path, checkpoint, schedule, steps, device, random_weights, dtype)
-    except (KeyError, ValueError, FileNotFoundError, ResumeMismatchError) as error:
+    except (KeyError, ValueError, FileNotFoundError, ResumeMismatchError, CorruptCheckpointError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error))
 
 
@@ -475,6 +479,9 @@ def evaluate(
     vqa: Optional[str] = typer.Option(
         None, help="dpg only: VQA model, blip (default; not comparable with published numbers) or mplug (the "
         "official mPLUG-large; needs modelscope)."),
+    label: Optional[str] = typer.Option(
+        None, help="Row label in `cogrpo tables` (recorded as model.label). Results with the same label, schedule "
+        "and steps are averaged as seeds; without a label, rows are the model name with its checkpoint or revision."),
 ) -> None:
     """Evaluate a model on a benchmark; rerunning the same command resumes.
 
@@ -524,6 +531,8 @@ def evaluate(
         info = {**info, **loaded, "name": getattr(backend, "name", model), "revision": getattr(backend, "revision", None)}
         _warn_random_weights(info)
         _check_steps(backend, steps)
+    if label is not None:
+        info = {**info, "label": label}
     request = EvalRequest(steps=steps, seed=seed, images_per_prompt=images_per_prompt, limit=limit,
                           batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info,
                           score_timeout_s=score_timeout, score_retries=score_retries, allow_partial=allow_partial)
@@ -628,6 +637,7 @@ def score(
     prompt: str = typer.Option(..., help="The prompt the images were generated for."),
     images: list[Path] = typer.Argument(..., help="Image files to score."),
     metadata: Optional[Path] = typer.Option(None, help="GenEval metadata JSON of the prompt (needed by shapes and GenEval rewards)."),
+    timeout: float = typer.Option(300.0, help="Seconds a remote scorer (--reward http://...) may take per socket operation."),
 ) -> None:
     """Score image files with a reward; failed images are reported, and the exit code is 1 only when all failed."""
     _setup_logging(False)
@@ -637,7 +647,9 @@ def score(
 
     try:
         _check_reward_name(reward)
-        scorer = build_reward(reward)
+        if timeout <= 0:
+            raise ValueError(f"invalid --timeout {timeout}; pass a positive number of seconds")
+        scorer = build_reward(reward, timeout_s=timeout)
     except (KeyError, ValueError, FileNotFoundError, RemoteScorerError) as error:
         _fail(str(error))
     meta = _read_score_metadata(metadata, scorer, reward)
@@ -659,7 +671,9 @@ def score(
 @app.command()
 def reproduce(
     out: Path = typer.Option(Path("results/shapes"), help="Folder for the result files."),
-    tables_root: Path = typer.Option(Path("results"), help="Results folder whose tables (and plot) are rebuilt at the end."),
+    tables_root: Optional[Path] = typer.Option(
+        None, help="Results folder whose tables (and plot) are rebuilt at the end (default: results when --out is "
+        "left at results/shapes, else --out)."),
     work: Path = typer.Option(Path("outputs/reproduce"), help="Folder for runs, images and per-sample scores."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     iterations: int = typer.Option(25, help="Training iterations per run (equal for every arm)."),
@@ -672,14 +686,31 @@ def reproduce(
     from cogrpo.evaluation.reproduce import ReproductionPlan
     from cogrpo.evaluation.reproduce import reproduce as run
 
+    from cogrpo.evaluation.reproduce import check_plan
+
     try:
         plan = ReproductionPlan(seeds=tuple(int(s) for s in seeds.split(",")), iterations=iterations,
                                 sweep_steps=tuple(int(s) for s in sweep_steps.split(",")),
                                 images_per_prompt=images_per_prompt, model_path=model_path)
     except ValueError:
         _fail(f"invalid --seeds {seeds!r} or --sweep-steps {sweep_steps!r}; expected comma-separated integers")
+    if len(set(plan.seeds)) != len(plan.seeds) or len(set(plan.sweep_steps)) != len(plan.sweep_steps):
+        _fail(f"invalid --seeds {seeds!r} or --sweep-steps {sweep_steps!r}; list each value once")
+    # The embedded model's images have 8 x 8 tokens, and a step must commit at least one.
+    if not all(1 <= steps <= 64 for steps in plan.sweep_steps):
+        _fail(f"invalid --sweep-steps {sweep_steps!r}; each step count must be from 1 to 64")
+    if iterations < 1 or images_per_prompt < 1:
+        _fail(f"invalid --iterations {iterations} or --images-per-prompt {images_per_prompt}; both must be at least 1")
+    if model_path is not None and not Path(model_path).is_dir():
+        _fail(f"--model-path {model_path} not found; pass a folder written by `cogrpo pretrain`")
     if 12 not in plan.sweep_steps:
         plan.train_steps = max(plan.sweep_steps)
+    try:
+        check_plan(plan, out)
+    except ValueError as error:
+        _fail(str(error))
+    if tables_root is None:
+        tables_root = Path("results") if out == Path("results/shapes") else out
     written = run(plan, out, work, tables_root)
     console.print("wrote " + escape(", ".join(str(p) for p in written)))
 

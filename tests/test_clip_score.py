@@ -132,7 +132,7 @@ def test_default_weights_fail_fast_offline(monkeypatch, tmp_path):
     assert "'openai'" in message
     assert str(tmp_path / "empty-hub-cache" / "models--timm--vit_large_patch14_clip_224.openai") in message
     assert "HF_HUB_OFFLINE" in message
-    assert "--weights PATH" in message
+    assert "CLIPScoreScorer(checkpoint=PATH)" in message
 
 
 def test_missing_local_checkpoint_names_path(monkeypatch, tmp_path):
@@ -143,7 +143,7 @@ def test_missing_local_checkpoint_names_path(monkeypatch, tmp_path):
         CLIPScoreScorer(checkpoint=missing)
 
     assert str(missing) in str(error.value)
-    assert "--weights PATH" in str(error.value)
+    assert "open_clip checkpoint file" in str(error.value)
 
 
 def test_default_tag_uses_quick_gelu(monkeypatch):
@@ -176,7 +176,7 @@ def test_download_failure_becomes_missing_weights(monkeypatch):
 
     monkeypatch.setattr(open_clip, "create_model", fail)
 
-    with pytest.raises(MissingWeightsError, match="--weights PATH"):
+    with pytest.raises(MissingWeightsError, match=r"CLIPScoreScorer\(checkpoint=PATH\)"):
         CLIPScoreScorer()
 
 
@@ -193,4 +193,5 @@ def test_default_weights_spec_names_hub_repo():
     spec = clip_score.DEFAULT_WEIGHTS
 
     assert spec.repo_id == "timm/vit_large_patch14_clip_224.openai"
-    assert spec.option == "--weights"
+    # No command has an option for a local CLIP score checkpoint; only the Python API takes one.
+    assert spec.option is None

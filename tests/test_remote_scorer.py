@@ -210,7 +210,16 @@ def test_null_scores_fail_only_their_samples():
     assert second.scores[0] == 0.5
     assert second.errors[1] == "the remote scorer returned 'high', which is not a number"
     assert third.errors[0] == "the remote scorer returned null"
-    assert third.errors[1] == "the remote scorer returned the non-finite score inf"
+    assert third.errors[1] == "the remote scorer returned inf, which is not a finite float32 score"
+
+
+def test_scores_beyond_float32_fail_their_samples():
+    with StubServer([_scores([1e308, 10**400])]) as stub:
+        result = RemoteScorer(stub.url, timeout_s=5).score_detailed(IMAGES, PROMPTS)
+
+    assert np.isnan(result.scores).all()
+    assert result.errors[0] == "the remote scorer returned 1e+308, which is not a finite float32 score"
+    assert result.errors[1] == "the remote scorer returned an integer of 401 digits, which is not a finite float32 score"
 
 
 @pytest.mark.parametrize(

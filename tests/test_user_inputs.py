@@ -366,3 +366,164 @@ def test_list_reports_missing_hps_weights(tmp_path, monkeypatch, name):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
 
     assert _availability(REWARDS.entry(name)) == "no (downloads on first use)"
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def _result(label=None, seed=0, steps=12, samples="a" * 64, checkpoint=None, **extra):
+    model = {"name": "shapes", "revision": "sha256:" + "e" * 64}
+    if label:
+        model["label"] = label
+    if checkpoint:
+        model["checkpoint_sha256"] = checkpoint
+    result = {"benchmark": {"name": "shapes", "version": "1", "prompt_sha256": "p" * 64}, "model": model,
+              "schedule": "default", "steps": steps, "seed": seed, "partial": False, "n_failed": 0,
+              "metrics": {"overall": 0.5}, "samples_sha256": samples}
+    result.update(extra)
+    return result
+
+
+def _write_results(folder, results):
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, result in enumerate(results):
+        (folder / f"r{index}.json").write_text(json.dumps(result))
+    return folder
+
+
+def test_tables_keep_unlabelled_checkpoints_apart(tmp_path):
+    from cogrpo.evaluation.tables import benchmark_tables, load_results
+
+    folder = _write_results(tmp_path / "results", [
+        _result(samples="a" * 64), _result(samples="b" * 64, checkpoint="c" * 64), _result(samples="d" * 64, checkpoint="f" * 64),
+    ])
+
+    (markdown, _), = benchmark_tables(load_results(folder)).values()
+
+    assert "shapes (eeeeeeeeee)" in markdown
+    assert "shapes (cccccccccc)" in markdown
+    assert "shapes (ffffffffff)" in markdown
+    assert "0.500 ±" not in markdown
+
+
+def test_tables_average_labelled_seeds(tmp_path):
+    from cogrpo.evaluation.tables import benchmark_tables, load_results
+
+    folder = _write_results(tmp_path / "results", [
+        _result("ours", seed=0, samples="a" * 64, metrics={"overall": 0.4}),
+        _result("ours", seed=1, samples="b" * 64, metrics={"overall": 0.6}),
+    ])
+
+    (markdown, _), = benchmark_tables(load_results(folder)).values()
+
+    assert "0.500 ± 0.141" in markdown
+
+
+def test_tables_reject_copied_result(tmp_path):
+    from cogrpo.evaluation.tables import load_results
+
+    folder = _write_results(tmp_path / "results", [_result("ours"), _result("ours")])
+
+    with pytest.raises(ValueError, match="r0.json and r1.json .* are the same evaluation"):
+        load_results(folder)
+
+
+def test_tables_accept_equal_samples_of_other_models(tmp_path):
+    from cogrpo.evaluation.tables import load_results
+
+    folder = _write_results(tmp_path / "results", [_result("base"), _result("schedule-only", seed=1)])
+
+    assert len(load_results(folder)) == 2
+
+
+@pytest.mark.parametrize(("field", "shown"), [("steps", "'steps'"), ("n_failed", "'n_failed'"), ("model", "'model'")])
+def test_tables_name_missing_field(tmp_path, field, shown):
+    broken = _result("ours")
+    del broken[field]
+    folder = _write_results(tmp_path / "results", [broken])
+
+    result = invoke("tables", "--results", folder)
+
+    assert result.exit_code == 2
+    assert shown in one_line(result.output)
+    assert "r0.json" in one_line(result.output)
+    assert not (folder / "tables").exists()
+
+
+def test_tables_missing_folder_fails(tmp_path):
+    result = invoke("tables", "--results", tmp_path / "typo")
+
+    assert result.exit_code == 2
+    assert "not found" in one_line(result.output)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_tables_check_names_extra_file(tmp_path):
+    folder = _write_results(tmp_path / "results", [_result("ours")])
+    assert invoke("tables", "--results", folder).exit_code == 0
+    (folder / "tables" / "old.md").write_text("stale")
+
+    result = invoke("tables", "--results", folder, "--check")
+
+    assert result.exit_code == 2
+    assert "old.md (no longer built from these results; delete it)" in one_line(result.output)
+
+
+# ---------------------------------------------------------------------------- reproduce
+
+
+@pytest.mark.parametrize(("options", "shown"), [
+    (["--iterations", "0"], "invalid --iterations 0"),
+    (["--seeds", "0,0"], "list each value once"),
+    (["--sweep-steps", "0"], "from 1 to 64"),
+    (["--images-per-prompt", "0"], "invalid --iterations 25 or --images-per-prompt 0"),
+    (["--model-path", "/nonexistent/model"], "--model-path /nonexistent/model not found"),
+])
+def test_reproduce_options_checked(tmp_path, options, shown):
+    result = invoke("reproduce", "--out", tmp_path / "results", "--work", tmp_path / "work", *options)
+
+    assert result.exit_code == 2
+    assert shown in one_line(result.output)
+    assert not (tmp_path / "work").exists()
+
+
+def test_reproduce_rejects_other_plan(tmp_path):
+    from cogrpo.evaluation.reproduce import ReproductionPlan, _plan_record, check_plan
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "PLAN.json").write_text(json.dumps({"plan": _plan_record(ReproductionPlan(seeds=(0,), iterations=1))}))
+
+    with pytest.raises(ValueError, match="iterations: 1 there, 2 now"):
+        check_plan(ReproductionPlan(seeds=(1,), iterations=2), results)
+    assert check_plan(ReproductionPlan(seeds=(1,), iterations=1), results).seeds == (0, 1)
+
+
+# ---------------------------------------------------------------------------- resumed runs and checkpoints
+
+
+def test_resume_drops_records_that_run_again(tmp_path):
+    from cogrpo.rl.run import drop_records_from
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"iteration": i, "loss": 0.1 * i}) + "\n" for i in range(6)) + '{"iteration": 6, "lo')
+
+    dropped = drop_records_from(path, 4)
+
+    assert dropped == 3
+    assert [json.loads(line)["iteration"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_eval_corrupt_checkpoint_is_clear(tmp_path, monkeypatch):
+    from cogrpo.checkpoint_io import CorruptCheckpointError
+    from cogrpo.rl import run
+
+    def corrupt(path, *args, **kwargs):
+        raise CorruptCheckpointError(path, "model.safetensors", "SHA-256 mismatch")
+
+    monkeypatch.setattr(run, "load_trained", corrupt)
+
+    result = invoke("eval", "--checkpoint", tmp_path / "checkpoint-00000002", "--out", tmp_path / "out")
+
+    assert result.exit_code == 2
+    assert "SHA-256 mismatch" in one_line(result.output)

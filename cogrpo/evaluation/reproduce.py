@@ -9,6 +9,8 @@ counts. Result files, tables and the plot go under the results folder.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import shutil
@@ -56,8 +58,40 @@ def _evaluate(backend, schedule, stem: str, schedule_name: str, steps: int, plan
     atomic_write_json(results / f"{stem}-T{steps}-{schedule_name}.json", result)
 
 
+def _plan_record(plan: ReproductionPlan) -> dict:
+    return dict(plan.__dict__, seeds=list(plan.seeds), sweep_steps=list(plan.sweep_steps))
+
+
+def check_plan(plan: ReproductionPlan, results: Path) -> ReproductionPlan:
+    """Return the plan to record in ``results``: ``plan`` with the seeds of an earlier, otherwise equal plan added.
+
+    Raises ``ValueError`` naming the differing fields when ``results/PLAN.json``
+    records another plan, because its tables would average runs of both plans.
+    """
+    path = results / "PLAN.json"
+    if not path.exists():
+        return plan
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["plan"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a readable reproduction plan ({error}); restore it or use another --out") from None
+    current = _plan_record(plan)
+    changed = [f"{key}: {recorded.get(key)!r} there, {value!r} now" for key, value in current.items()
+               if key != "seeds" and recorded.get(key) != value]
+    if changed:
+        raise ValueError(
+            f"{results} contains results of another reproduction plan ({'; '.join(changed)}), and the tables would "
+            f"average runs of both; pass another --out, or move those results away")
+    seeds = tuple(dict.fromkeys([*recorded.get("seeds", []), *plan.seeds]))
+    return dataclasses.replace(plan, seeds=seeds)
+
+
 def reproduce(plan: ReproductionPlan, results: Path, work: Path, tables_root: Path | None = None) -> list[Path]:
-    """Run the whole comparison and rebuild the tables of ``tables_root`` (default: ``results``)."""
+    """Run the whole comparison and rebuild the tables of ``tables_root`` (default: ``results``).
+
+    New seeds may be added to a results folder of an equal plan; ``PLAN.json`` then lists all of them.
+    """
+    recorded_plan = check_plan(plan, results)
     results.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu")
@@ -82,6 +116,5 @@ def reproduce(plan: ReproductionPlan, results: Path, work: Path, tables_root: Pa
                 _evaluate(backend, None, label, "default", steps, plan, work, results, info)
             if mode != "model":
                 _evaluate(backend, policy, label, "learned", plan.train_steps, plan, work, results, info)
-    plan_record = dict(plan.__dict__, seeds=list(plan.seeds), sweep_steps=list(plan.sweep_steps))
-    (results / "PLAN.json").write_text(json.dumps({"plan": plan_record}, indent=2) + "\n")
+    (results / "PLAN.json").write_text(json.dumps({"plan": _plan_record(recorded_plan)}, indent=2) + "\n")
     return build_tables(tables_root or results)

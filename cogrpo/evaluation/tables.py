@@ -1,8 +1,9 @@
 """Paper-style tables from result files: Markdown and LaTeX, plus a plot of quality against steps.
 
 Result files are the ``result.json`` files of ``cogrpo eval`` (copied under
-``results/``). Rows that share a label (``model.label``), schedule and step
-count but differ in seed are averaged and shown as mean ± std over seeds.
+``results/``). Rows that share a label (``model.label``, set by ``cogrpo eval
+--label`` and by the reproduction; else the model name with its checkpoint or
+revision), schedule and step count are averaged and shown as mean ± std over seeds.
 Partial runs (``--limit``) and runs of different benchmark versions, prompt
 files or scorers never share a table: each (benchmark, version, prompt hash,
 scorer label) gets its own table, and partial runs are left out. Because a
@@ -67,9 +68,40 @@ def check_prompt_files(results: list[dict[str, Any]]) -> None:
     )
 
 
+def _check_result(data: dict[str, Any], path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` and the field when a result file lacks what the tables read."""
+    problems = []
+    bench = data.get("benchmark")
+    if not isinstance(bench, dict) or "name" not in bench or "version" not in bench:
+        problems.append("'benchmark' with 'name' and 'version'")
+    metrics = data.get("metrics")
+    if not isinstance(metrics, dict) or "overall" not in metrics:
+        problems.append("'metrics' with 'overall'")
+    if not isinstance(data.get("model"), dict):
+        problems.append("'model'")
+    if not isinstance(data.get("steps"), int):
+        problems.append("'steps' (an integer)")
+    if not isinstance(data.get("n_failed"), int):
+        problems.append("'n_failed' (an integer)")
+    if problems:
+        raise ValueError(f"result file {path} lacks {', '.join(problems)}; restore it from `cogrpo eval`'s "
+                         "result.json or remove it")
+
+
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    """Read every result JSON under ``results_dir`` (the tables folder excluded)."""
+    """Read every result JSON under ``results_dir`` (the tables folder excluded).
+
+    A JSON file with a ``benchmark`` or ``metrics`` key is a result file and must
+    have every field the tables read. Other JSON files (such as ``PLAN.json``) are
+    skipped, and partial runs are read but not checked, because no table uses
+    them. Two files of the same evaluation (equal ``samples_sha256``, model,
+    schedule, steps and seed) raise ``ValueError``, because the tables would
+    count it twice as two seeds.
+    """
+    if not results_dir.is_dir():
+        raise ValueError(f"results folder {results_dir} not found; pass the folder that contains the result JSON files")
     results = []
+    seen: dict[str, str] = {}
     for path in sorted(results_dir.rglob("*.json")):
         if TABLE_DIR in path.relative_to(results_dir).parts:
             continue
@@ -77,15 +109,44 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"invalid JSON in result file {path}: {error}; fix or remove the file") from None
-        if isinstance(data, dict) and "benchmark" in data and "metrics" in data:
-            data["_path"] = str(path.relative_to(results_dir))
+        if not isinstance(data, dict) or ("benchmark" not in data and "metrics" not in data):
+            continue
+        relative = str(path.relative_to(results_dir))
+        data["_path"] = relative
+        if data.get("partial"):
+            # Partial runs stay out of every table, so nothing else of them is read.
             results.append(data)
+            continue
+        _check_result(data, path)
+        # Equal samples alone are not a copy: a schedule-only run evaluated with the default schedule gives
+        # the base model's samples, and an untrained learned schedule the default one's. Equal samples with an
+        # equal model, schedule, step count and seed are.
+        identity = json.dumps([data.get("samples_sha256"), data["model"], data.get("schedule"), data["steps"],
+                               data.get("seed")], sort_keys=True)
+        if data.get("samples_sha256") and identity in seen:
+            raise ValueError(f"result files {seen[identity]} and {relative} in {results_dir} are the same evaluation "
+                             "(equal samples_sha256, model, schedule, steps and seed), so the tables would count it "
+                             "twice; remove one")
+        seen[identity] = relative
+        results.append(data)
     return results
 
 
 def _label(result: dict[str, Any]) -> str:
+    """Return the row label: ``model.label``, else the model name with its checkpoint or revision.
+
+    Results share a row (and are averaged as seeds) only when their labels are
+    equal, so unlabelled results of different checkpoints stay apart.
+    """
     model = result.get("model") or {}
-    return str(model.get("label") or model.get("name") or "model")
+    if model.get("label"):
+        return str(model["label"])
+    name = str(model.get("name") or "model")
+    identity = model.get("checkpoint_sha256") or model.get("revision")
+    if not identity:
+        return name
+    identity = str(identity).removeprefix("sha256:")
+    return f"{name} ({identity[:10]})"
 
 
 def _fmt(values: list[float]) -> str:
@@ -270,6 +331,9 @@ def check_tables(results_dir: Path, force: bool = False) -> list[str]:
         names |= {p.name for p in committed.glob("*") if p.suffix in {".md", ".tex"}} if committed.exists() else set()
         for name in sorted(names):
             a, b = fresh / name, committed / name
-            if not (a.exists() and b.exists()) or a.read_text(encoding="utf-8") != b.read_text(encoding="utf-8"):
+            if not a.exists():
+                # `cogrpo tables` does not delete files, so the message names the fix.
+                stale.append(f"{name} (no longer built from these results; delete it)")
+            elif not b.exists() or a.read_text(encoding="utf-8") != b.read_text(encoding="utf-8"):
                 stale.append(name)
         return stale

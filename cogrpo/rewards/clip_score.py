@@ -37,7 +37,6 @@ DEFAULT_WEIGHTS = WeightsSpec(
     repo_id="timm/vit_large_patch14_clip_224.openai",
     filename="open_clip_pytorch_model.bin",
     revision="main",
-    option="--weights",
 )
 
 # open_clip's file name for hub weights, and the safetensors copy it tries first.
@@ -113,7 +112,7 @@ class CLIPScoreScorer(Scorer):
                 raise
             raise MissingWeightsError(
                 f"could not get the open_clip weights {pretrained!r} for {model_name}: {error}. "
-                f"Pass a local copy with {DEFAULT_WEIGHTS.option} PATH (CLIPScoreScorer(checkpoint=PATH))."
+                "In Python, pass a local copy with CLIPScoreScorer(checkpoint=PATH)."
             ) from error
         if checkpoint is None:
             cached = cached_tag_file(tag_config)
@@ -143,7 +142,7 @@ def _local_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
     path = Path(checkpoint)
     if not path.is_file():
         raise MissingWeightsError(
-            f"CLIP weights not found at {path}. Pass an open_clip checkpoint file with {DEFAULT_WEIGHTS.option} PATH."
+            f"CLIP weights not found at {path}; pass the path of an open_clip checkpoint file."
         )
     return str(path)
 
@@ -170,13 +169,14 @@ def cached_tag_file(tag_config: dict[str, Any]) -> Path | None:
     return path if url and path.is_file() else None
 
 
-def check_tag_weights_available(model_name: str, pretrained: str, tag_config: dict[str, Any], option: str) -> None:
+def check_tag_weights_available(model_name: str, pretrained: str, tag_config: dict[str, Any], option: str | None) -> None:
     """Raise ``MissingWeightsError`` when ``HF_HUB_OFFLINE`` is set and the tag's file is not on this machine.
 
     open_clip would otherwise fail only after building the model. The check mirrors
     where open_clip 3.3 looks: the Hugging Face cache for a tag with a hub repo, else
     its URL download folder ``~/.cache/clip``. ``option`` is the command-line option
-    that takes a local copy instead.
+    that takes a local copy instead, or None for the CLIP score reward, which only
+    the Python API can point at a local file.
     """
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in {"1", "true", "yes", "on"}:
         return
@@ -202,7 +202,8 @@ def check_tag_weights_available(model_name: str, pretrained: str, tag_config: di
     raise MissingWeightsError(
         f"open_clip weights {pretrained!r} for {model_name} ({expected}) are not on this machine "
         f"(looked at {looked_at}) and HF_HUB_OFFLINE is set. On a machine with access run: {download}; "
-        f"or pass a local copy with {option} PATH."
+        + (f"or pass a local copy with {option} PATH." if option else
+           "or, in Python, pass a local copy with CLIPScoreScorer(checkpoint=PATH).")
     )
 
 

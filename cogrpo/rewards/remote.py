@@ -208,8 +208,9 @@ class RemoteScorer(Scorer):
                 messages[index] = reason or "the remote scorer returned null"
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 messages[index] = f"the remote scorer returned {value!r}, which is not a number"
-            elif not math.isfinite(value):
-                messages[index] = f"the remote scorer returned the non-finite score {value!r}"
+            elif not _fits_float32(value):
+                shown = repr(value) if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+                messages[index] = f"the remote scorer returned {shown}, which is not a finite float32 score"
             else:
                 values[index] = value
         failed = sum(message is not None for message in messages)
@@ -245,6 +246,15 @@ def _png_base64(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _fits_float32(value: int | float) -> bool:
+    """Return True when ``value`` is finite as a float32 (JSON integers may be far larger than any float)."""
+    try:
+        as_float = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(as_float) and abs(as_float) <= float(np.finfo(np.float32).max)
 
 
 def _failed(count: int, error: str) -> ScoreResult:

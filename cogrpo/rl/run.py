@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from cogrpo.checkpoint_io import (
     atomic_write_json,
+    atomic_write_text,
     checkpoint_name,
     clean_staging,
     commit_checkpoint,
@@ -30,8 +31,33 @@ logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
 # Invalid rewards, one JSON object per line, appended by rank 0 (see CoGRPOTrainer.score_with_failures).
-# A resumed run repeats the iterations after its checkpoint, so their records can appear twice, as in metrics.jsonl.
 FAILURES_FILE = "failures.jsonl"
+METRICS_FILE = "metrics.jsonl"
+
+
+def drop_records_from(path: Path, iteration: int) -> int:
+    """Rewrite the JSON Lines file ``path`` without records of ``iteration`` or later; return how many were dropped.
+
+    A resumed run repeats the iterations after its checkpoint, so their records
+    from before the kill would otherwise appear twice. A truncated last line (a
+    kill during a write) is dropped too.
+    """
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int) and record["iteration"] >= iteration:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    return dropped
 
 
 class ResumeMismatchError(RuntimeError):
@@ -239,7 +265,7 @@ class MetricsLogger:
         self.writer = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+            self.jsonl = (run_dir / METRICS_FILE).open("a", encoding="utf-8")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -367,10 +393,20 @@ def train(config: TrainConfig, resume: str | Path | None = None, allow_inexact_r
             raise FileNotFoundError(f"--resume {run_dir}: no valid checkpoint found there")
         resumed = load_checkpoint(trainer, path, allow_inexact_resume)
         logger.info("resumed from %s at iteration %d", path, trainer.iteration)
+        if is_main:
+            for name in (METRICS_FILE, FAILURES_FILE):
+                dropped = drop_records_from(run_dir / name, trainer.iteration)
+                if dropped:
+                    logger.info("%s: dropped %d records of iterations from %d on, which run again", name, dropped,
+                                trainer.iteration)
+        if trainer.iteration >= config.iterations:
+            logger.warning("%s already has %d iterations and --iterations is %d, so nothing is trained; pass a "
+                           "larger --iterations to continue", run_dir, trainer.iteration, config.iterations)
     metrics_log = MetricsLogger(run_dir, is_main)
     summary_path = run_dir / "summary.json"
     summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary.setdefault("config", config.to_dict())
+    # The configuration of the latest start; an inexact resume records what changed under "resumes".
+    summary["config"] = config.to_dict()
     # Written on every start, so a resumed run records the dtype it ran in last.
     summary["model"] = model_info(config, backend)
     summary["determinism"] = determinism_record()

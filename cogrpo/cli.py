@@ -517,8 +517,6 @@ def evaluate(
             suite.image_path(out.resolve() / "images", 0, images_per_prompt - 1)
         except ValueError as error:
             _fail(str(error))
-    if not score_only:
-        _safe_out(out)
     images_dir = out.resolve() / "images"
     if score_only and not (images_dir.is_dir() and any(images_dir.iterdir())):
         _fail(f"--score-only found no images in {images_dir}; put the images there in the benchmark's layout "
@@ -533,6 +531,9 @@ def evaluate(
         _check_steps(backend, steps)
     if label is not None:
         info = {**info, "label": label}
+    if not score_only:
+        # Created only now, so that an invalid option or model leaves no empty folder behind.
+        _safe_out(out)
     request = EvalRequest(steps=steps, seed=seed, images_per_prompt=images_per_prompt, limit=limit,
                           batch_size=batch_size, schedule_name=schedule, score_only=score_only, model_info=info,
                           score_timeout_s=score_timeout, score_retries=score_retries, allow_partial=allow_partial)

@@ -527,3 +527,11 @@ def test_eval_corrupt_checkpoint_is_clear(tmp_path, monkeypatch):
 
     assert result.exit_code == 2
     assert "SHA-256 mismatch" in one_line(result.output)
+
+
+def test_rejected_eval_leaves_no_folder(tmp_path):
+    result = invoke("eval", "--schedule", "learned", "--out", tmp_path / "new")
+
+    assert result.exit_code == 2
+    assert "needs --checkpoint" in one_line(result.output)
+    assert not (tmp_path / "new").exists()

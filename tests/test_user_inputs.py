@@ -535,3 +535,40 @@ def test_rejected_eval_leaves_no_folder(tmp_path):
     assert result.exit_code == 2
     assert "needs --checkpoint" in one_line(result.output)
     assert not (tmp_path / "new").exists()
+
+
+def _train_tiny(run_dir, *extra):
+    result = invoke("train", "--random-weights", "--iterations", 1, "--prompts-per-iteration", 1, "--group-size", 2,
+                    "--steps", 2, "--no-final-eval", "--device", "cpu", "--out", run_dir, *extra)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_learned_schedule_of_model_only_run_rejected(tmp_path):
+    _train_tiny(tmp_path / "run", "--mode", "model")
+
+    result = invoke("eval", "--checkpoint", tmp_path / "run", "--schedule", "learned", "--steps", 2,
+                    "--out", tmp_path / "out")
+
+    assert result.exit_code == 2
+    assert "trained the model only" in one_line(result.output)
+
+
+def test_inexact_resume_records_latest_config(tmp_path):
+    run_dir = tmp_path / "run"
+    _train_tiny(run_dir)
+
+    _train_tiny(run_dir, "--resume", run_dir, "--allow-inexact-resume", "--lr-model", "0.001", "--iterations", 2)
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["lr_model"] == 0.001
+    assert summary["config"]["iterations"] == 2
+    assert len(summary["resumes"]) == 1
+    assert [json.loads(line)["iteration"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_score_rejects_zero_timeout(tmp_path):
+    result = invoke("score", "--reward", "shapes", "--prompt", "p", "--timeout", 0, _image(tmp_path))
+
+    assert result.exit_code == 2
+    assert "invalid --timeout 0" in one_line(result.output)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -210,30 +211,6 @@ def test_instance_detections_resize_to_original_size():
 # --------------------------------------------------------------------------- transformers Mask2Former
 
 
-def build_tiny_mask2former(folder: Path) -> Path:
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
-
-    backbone = SwinConfig(
-        image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    # GroupNorm in the pixel decoder needs feature sizes divisible by 32.
-    config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
-        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=8,
-        num_labels=len(COCO_ID2LABEL), id2label=dict(COCO_ID2LABEL), label2id={v: k for k, v in COCO_ID2LABEL.items()},
-    )
-    torch.manual_seed(0)
-    Mask2FormerForUniversalSegmentation(config).eval().save_pretrained(folder)
-    Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_mask2former(tmp_path_factory) -> Path:
-    return build_tiny_mask2former(tmp_path_factory.mktemp("mask2former"))
-
-
 def random_images() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((48, 80, 3), (64, 64, 3))]
@@ -321,10 +298,10 @@ def test_mask2former_hub_weights_fail_fast_offline(tmp_path):
     assert "--detector-weights PATH" in message
 
 
-def test_mask2former_rejects_non_coco_labels(tmp_path):
+def test_mask2former_rejects_non_coco_labels(tmp_path, tiny_mask2former):
     from transformers import Mask2FormerForUniversalSegmentation
 
-    folder = build_tiny_mask2former(tmp_path / "model")
+    folder = Path(shutil.copytree(tiny_mask2former, tmp_path / "model"))
     model = Mask2FormerForUniversalSegmentation.from_pretrained(folder)
     model.config.id2label = {i: f"thing{i}" for i in range(80)}
     model.save_pretrained(folder)

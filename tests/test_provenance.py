@@ -222,28 +222,8 @@ def test_scorer_records_local_weight_file(tmp_path, shapes_backend):
     assert again["scorer"]["weight_sha256"] == result["scorer"]["weight_sha256"]
 
 
-def build_tiny_mask2former(folder: Path) -> Path:
-    import torch
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
-
-    backbone = SwinConfig(
-        image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    labels = geneval_detectors.COCO_ID2LABEL
-    config = Mask2FormerConfig(
-        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
-        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=8,
-        num_labels=len(labels), id2label=dict(labels), label2id={v: k for k, v in labels.items()},
-    )
-    torch.manual_seed(0)
-    Mask2FormerForUniversalSegmentation(config).eval().save_pretrained(folder)
-    Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(folder)
-    return folder
-
-
-def test_geneval_records_detector_weight_files(tmp_path, shapes_backend):
-    folder = build_tiny_mask2former(tmp_path / "mask2former")
+def test_geneval_records_detector_weight_files(tmp_path, shapes_backend, tiny_mask2former):
+    folder = tiny_mask2former
     factory = partial(GenEvalScorer, strict=True, detector="mask2former", detector_weights=str(folder), colors="palette",
                       device="cpu")
     suite = dataclasses.replace(shapes_suite(), make_scorer=factory)

@@ -214,9 +214,9 @@ def make_variants(backend, prompts: list[str], steps: int, seed: int, device: to
         backend.encode_prompts(prompts)
         backend.encode_prompts([""])
 
-    # The pipeline returns latents (tokens), so it never calls its VQ. It is left out because AmusedPipeline
-    # reads the downsampling factor from a VQModel config field that the shapes model's PatchVQModel lacks;
-    # the factor is set from the backend instead.
+    # The pipeline returns latents (tokens), so it never calls its VQ. The VQ is left out because AmusedPipeline
+    # reads the downsampling factor from a VQModel config field that PatchVQModel lacks, so the factor is set
+    # from the backend instead.
     pipeline = AmusedPipeline(
         vqvae=None,
         tokenizer=backend.tokenizer,

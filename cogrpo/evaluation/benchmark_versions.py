@@ -4,7 +4,7 @@ A benchmark's ``version`` must change whenever its prompts or its scoring change
 because results of one version share tables. ``cogrpo/benchmark_versions.json``
 records each benchmark's version and a fingerprint of the source code that
 scores it. For a benchmark whose prompt file is part of the package, it also
-records the SHA-256 of that file; downloaded prompt files are pinned by SHA-256
+records the SHA-256 of that file. Downloaded prompt files are pinned by SHA-256
 where they are fetched. A test compares the record with the current code, so a
 changed prompt file or scoring rule without a new version fails.
 

@@ -209,8 +209,8 @@ class RemoteScorer(Scorer):
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 messages[index] = f"the remote scorer returned {value!r}, which is not a number"
             elif not _fits_float32(value):
-                shown = repr(value) if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
-                messages[index] = f"the remote scorer returned {shown}, which is not a finite float32 score"
+                described = repr(value) if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+                messages[index] = f"the remote scorer returned {described}, which is not a finite float32 score"
             else:
                 values[index] = value
         failed = sum(message is not None for message in messages)

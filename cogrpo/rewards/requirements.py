@@ -1,4 +1,4 @@
-"""What a reward needs from its prompts: GenEval metadata, and which object classes it can detect.
+"""Prompt requirements of rewards: GenEval metadata, and the object classes a reward can detect.
 
 Training and ``cogrpo score`` check prompts against these needs before any image
 is generated. A prompt list without metadata, or metadata naming an object the

@@ -44,7 +44,7 @@ def drop_records_from(path: Path, iteration: int) -> int:
     """
     if not path.exists():
         return 0
-    kept, dropped = [], 0
+    remaining, dropped = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
@@ -54,9 +54,9 @@ def drop_records_from(path: Path, iteration: int) -> int:
         if isinstance(record, dict) and isinstance(record.get("iteration"), int) and record["iteration"] >= iteration:
             dropped += 1
             continue
-        kept.append(line)
+        remaining.append(line)
     if dropped:
-        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        atomic_write_text(path, "".join(f"{line}\n" for line in remaining))
     return dropped
 
 

@@ -574,8 +574,8 @@ class CoGRPOTrainer:
     def _update_extremes(self, part: str, stats: dict[str, list[float]], first_ratio: list[float]) -> dict[str, float]:
         """Return the largest gradient norm, approximate KL and first-epoch |ratio - 1| of an update, over all processes.
 
-        The divergence rule and the ratio warning read these values; taking the maximum over processes gives
-        every process the same decision, so none stops or warns alone.
+        The divergence rule and the ratio warning read these values. The maximum over processes gives every
+        process the same decision, so no process stops or warns alone.
         """
         values = torch.tensor(
             [max(stats.get("grad_norm") or [0.0]), max(stats.get("approx_kl") or [0.0]), max(first_ratio or [0.0])],

@@ -54,10 +54,12 @@ def test_eval_rerun_with_other_settings_rejected(tmp_path, backend, field, value
 
 
 def test_eval_rerun_same_settings_resumes(tmp_path, backend):
-    run_benchmark(shapes_suite(), _request(), tmp_path, backend)
-    again = run_benchmark(shapes_suite(), _request(batch_size=1), tmp_path, backend)
+    run_benchmark(shapes_suite(), _request(model_info={"name": "shapes", "label": "first"}), tmp_path, backend)
+    again = run_benchmark(shapes_suite(), _request(batch_size=1, model_info={"name": "shapes", "label": "second"}),
+                          tmp_path, backend)
 
     assert again["n_failed"] == 0
+    assert again["model"]["label"] == "second"
     recorded = json.loads((tmp_path / "eval_settings.json").read_text())
     assert recorded["generation"]["steps"] == 3
     assert recorded["scoring"]["class"] == "cogrpo.rewards.shapes.StrictShapesReward"

@@ -104,7 +104,8 @@ def _generation_settings(suite: BenchmarkSuite, request: EvalRequest) -> dict[st
         "benchmark": suite.name,
         "version": suite.version,
         "prompt_sha256": suite.prompt_sha256,
-        "model": request.model_info,
+        # The table label does not change the images, so a rerun may correct it.
+        "model": {key: value for key, value in request.model_info.items() if key != "label"},
         "schedule": request.schedule_name,
         "steps": request.steps,
         "seed": request.seed,
